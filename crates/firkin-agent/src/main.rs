@@ -1,0 +1,2 @@
+//! `firkin-agent`: runs as PID 1 inside every firkin sandbox and serves envd.
+fn main() {}

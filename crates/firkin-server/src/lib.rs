@@ -1,0 +1,1 @@
+//! firkin HTTP edge.
