@@ -57,10 +57,8 @@ mod tests {
 
     #[test]
     fn init_request_is_camel_case_and_tolerates_missing_optionals() {
-        let req: InitRequest = serde_json::from_str(
-            r#"{"protocol":1,"sandboxId":"abc","accessToken":"t"}"#,
-        )
-        .unwrap();
+        let req: InitRequest =
+            serde_json::from_str(r#"{"protocol":1,"sandboxId":"abc","accessToken":"t"}"#).unwrap();
         assert_eq!(req.sandbox_id, "abc");
         assert!(req.env_vars.is_empty());
         let out = serde_json::to_string(&req).unwrap();

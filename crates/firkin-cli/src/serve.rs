@@ -1,0 +1,62 @@
+//! `firkin serve`.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Args;
+use firkin_server::AppState;
+
+use crate::setup::HostArgs;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+    /// API key clients must send as X-API-KEY (generated and printed if absent).
+    #[arg(long, env = "FIRKIN_API_KEY")]
+    pub api_key: Option<String>,
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let runtime = args.host.runtime()?;
+    let api_key = args
+        .api_key
+        .clone()
+        .unwrap_or_else(|| format!("firkin_{}", firkin_core::ids::generate_secret()));
+    let report = runtime.reconcile().await;
+    tracing::info!(?report, engine = %runtime.engine_description(), "runtime ready");
+    runtime.start_background();
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!("firkin is serving the E2B API on http://{addr}");
+    println!("export E2B_API_URL=http://{addr}");
+    println!("export E2B_SANDBOX_URL=http://{addr}");
+    println!("export E2B_API_KEY={api_key}");
+
+    let app = firkin_server::app(AppState::new(runtime.clone(), api_key));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    let n = runtime.kill_all().await;
+    tracing::info!(killed = n, "server stopped; sandboxes removed");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown requested");
+}

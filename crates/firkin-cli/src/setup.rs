@@ -1,0 +1,54 @@
+//! Host options shared by every subcommand that runs sandboxes, and building the runtime.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use firkin_core::config::{Layout, RuntimeConfig};
+use firkin_core::engine::runsc::RunscEngine;
+use firkin_core::network::netns::NetnsNetwork;
+use firkin_core::runtime::Runtime;
+
+#[derive(Args, Debug, Clone)]
+pub struct HostArgs {
+    /// Path of the firkin-agent binary (default: next to this executable).
+    #[arg(long, env = "FIRKIN_AGENT")]
+    pub agent: Option<PathBuf>,
+    /// The runsc binary.
+    #[arg(long, env = "FIRKIN_RUNSC", default_value = "runsc")]
+    pub runsc: PathBuf,
+    /// First address of the range carved into per-sandbox /30 networks (a /16 is used).
+    #[arg(long, env = "FIRKIN_SUBNET_BASE", default_value = "10.210.0.0")]
+    pub subnet_base: Ipv4Addr,
+}
+
+impl HostArgs {
+    pub fn agent_path(&self) -> anyhow::Result<PathBuf> {
+        let path = match &self.agent {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .context("locating this executable")?
+                .parent()
+                .map(|d| d.join("firkin-agent"))
+                .context("executable has no parent directory")?,
+        };
+        anyhow::ensure!(
+            path.is_file(),
+            "agent binary not found at {} (build it or pass --agent)",
+            path.display()
+        );
+        Ok(std::fs::canonicalize(&path)?)
+    }
+
+    /// Builds the runtime on the real engine and network.
+    pub fn runtime(&self) -> anyhow::Result<Runtime> {
+        let layout = Layout::from_env();
+        let mut config = RuntimeConfig::new(layout.clone(), self.agent_path()?);
+        config.runsc_path = self.runsc.clone();
+        let engine = Arc::new(RunscEngine::new(self.runsc.clone(), layout.runsc_root()));
+        let network = Arc::new(NetnsNetwork::new(self.subnet_base));
+        Ok(Runtime::new(config, engine, network))
+    }
+}

@@ -1,0 +1,142 @@
+//! Host -> agent calls: readiness probe (`GET /health`) and `POST /init`.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use firkin_wire::agent::{
+    InitRequest, InitResponse, AGENT_PROTOCOL_HEADER, AGENT_PROTOCOL_VERSION, ENVD_PORT, INIT_PATH,
+};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// Agent call failures, naming the address.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("agent at {addr} did not answer /health within {waited:?}: {last}")]
+    NotReady {
+        addr: Ipv4Addr,
+        waited: Duration,
+        last: String,
+    },
+    #[error("agent at {addr} speaks protocol {found}, host supports {supported}")]
+    Protocol {
+        addr: Ipv4Addr,
+        found: String,
+        supported: u32,
+    },
+    #[error("agent at {addr}: init failed: {detail}")]
+    Init { addr: Ipv4Addr, detail: String },
+}
+
+/// A small HTTP/1.1 client for the agent's control routes.
+#[derive(Clone)]
+pub struct AgentClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for AgentClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AgentClient {
+    pub fn new() -> AgentClient {
+        let mut conn = HttpConnector::new();
+        conn.set_connect_timeout(Some(Duration::from_millis(500)));
+        conn.set_nodelay(true);
+        AgentClient {
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .build(conn),
+        }
+    }
+
+    /// Polls `/health` until it answers 2xx, checking the agent's protocol version.
+    pub async fn wait_ready(&self, addr: Ipv4Addr, timeout: Duration) -> Result<(), AgentError> {
+        let start = Instant::now();
+        let uri: http::Uri = format!("http://{addr}:{ENVD_PORT}/health")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| AgentError::NotReady {
+                addr,
+                waited: Duration::ZERO,
+                last: e.to_string(),
+            })?;
+        let mut delay = Duration::from_millis(2);
+        loop {
+            let last =
+                match tokio::time::timeout(Duration::from_secs(1), self.client.get(uri.clone()))
+                    .await
+                {
+                    Ok(Ok(resp)) if resp.status().is_success() => {
+                        let found = resp
+                            .headers()
+                            .get(AGENT_PROTOCOL_HEADER)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        if found != AGENT_PROTOCOL_VERSION.to_string() {
+                            return Err(AgentError::Protocol {
+                                addr,
+                                found,
+                                supported: AGENT_PROTOCOL_VERSION,
+                            });
+                        }
+                        return Ok(());
+                    }
+                    Ok(Ok(resp)) => format!("status {}", resp.status()),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "request timed out".to_owned(),
+                };
+            if start.elapsed() >= timeout {
+                return Err(AgentError::NotReady {
+                    addr,
+                    waited: start.elapsed(),
+                    last,
+                });
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(25));
+        }
+    }
+
+    /// Sends `/init`. `current_token` is required by the agent when it already has a token.
+    pub async fn init(
+        &self,
+        addr: Ipv4Addr,
+        req: &InitRequest,
+        current_token: Option<&str>,
+    ) -> Result<InitResponse, AgentError> {
+        let err = |detail: String| AgentError::Init { addr, detail };
+        let body = serde_json::to_vec(req).map_err(|e| err(e.to_string()))?;
+        let mut builder = http::Request::post(format!("http://{addr}:{ENVD_PORT}{INIT_PATH}"))
+            .header("content-type", "application/json");
+        if let Some(t) = current_token {
+            builder = builder.header("x-access-token", t);
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| err(e.to_string()))?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
+            .await
+            .map_err(|_| err("timed out".into()))?
+            .map_err(|e| err(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(err(format!(
+                "status {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| err(format!("bad init response: {e}")))
+    }
+}

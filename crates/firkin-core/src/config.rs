@@ -1,0 +1,99 @@
+//! Runtime configuration and the on-disk storage layout.
+//!
+//! Durable state lives under `state_dir` (`FIRKIN_STATE_DIR`, default `~/.firkin/state`);
+//! rebuildable caches under `cache_dir` (`FIRKIN_CACHE_DIR`, default `~/.firkin/cache`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where everything lives on disk. All paths derive from the two roots.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub state_dir: PathBuf,
+    pub cache_dir: PathBuf,
+}
+
+impl Layout {
+    /// Layout from `FIRKIN_STATE_DIR` / `FIRKIN_CACHE_DIR`, else `$HOME/.firkin/{state,cache}`.
+    pub fn from_env() -> Layout {
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/root"));
+        let base = home.join(".firkin");
+        let state_dir = std::env::var_os("FIRKIN_STATE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| base.join("state"));
+        let cache_dir = std::env::var_os("FIRKIN_CACHE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| base.join("cache"));
+        Layout {
+            state_dir,
+            cache_dir,
+        }
+    }
+
+    /// Persisted sandbox records (`<id>.json`).
+    pub fn sandboxes_dir(&self) -> PathBuf {
+        self.state_dir.join("sandboxes")
+    }
+    pub fn sandbox_record(&self, id: &str) -> PathBuf {
+        self.sandboxes_dir().join(format!("{id}.json"))
+    }
+    /// Per-sandbox runtime directory (OCI bundle, logs).
+    pub fn sandbox_run_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join("run").join("sandboxes").join(id)
+    }
+    /// runsc's own state root.
+    pub fn runsc_root(&self) -> PathBuf {
+        self.state_dir.join("run").join("runsc")
+    }
+    /// Cached base rootfs directories (`rootfs/<name>`), built by `scripts/setup.sh`.
+    pub fn rootfs_dir(&self, name: &str) -> PathBuf {
+        self.cache_dir.join("rootfs").join(name)
+    }
+    /// Where quarantined (untrusted) artifacts are moved.
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.state_dir.join("quarantine")
+    }
+}
+
+/// Knobs of the runtime, with E2B-compatible defaults.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub layout: Layout,
+    /// Host path of the `firkin-agent` binary, bind-mounted into every sandbox.
+    pub agent_path: PathBuf,
+    /// The `runsc` binary.
+    pub runsc_path: PathBuf,
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+    pub default_cpu_count: u32,
+    pub max_cpu_count: u32,
+    pub default_memory_mb: u32,
+    pub max_memory_mb: u32,
+    /// Nominal disk size reported for sandboxes (the overlay is memory-backed).
+    pub disk_size_mb: u32,
+    /// How long to wait for the agent to answer after the engine started the sandbox.
+    pub ready_timeout: Duration,
+    /// Domain reported in create responses (`null` when empty).
+    pub domain: Option<String>,
+}
+
+impl RuntimeConfig {
+    pub fn new(layout: Layout, agent_path: impl AsRef<Path>) -> RuntimeConfig {
+        RuntimeConfig {
+            layout,
+            agent_path: agent_path.as_ref().to_owned(),
+            runsc_path: PathBuf::from("runsc"),
+            default_timeout: Duration::from_secs(300),
+            max_timeout: Duration::from_secs(24 * 3600),
+            default_cpu_count: 2,
+            max_cpu_count: 8,
+            default_memory_mb: 512,
+            max_memory_mb: 8192,
+            disk_size_mb: 1024,
+            ready_timeout: Duration::from_secs(20),
+            domain: None,
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! The isolation engine seam. One real engine (gVisor `runsc`, [`runsc::RunscEngine`]) and a fake
+//! for unit tests ([`fake::FakeEngine`]). Methods block (they run host processes); the runtime
+//! calls them from `spawn_blocking`.
+
+pub mod fake;
+pub mod oci;
+pub mod runsc;
+
+use std::path::PathBuf;
+
+use crate::ids::SandboxId;
+
+/// What the engine needs to boot one sandbox.
+#[derive(Debug, Clone)]
+pub struct BootSpec {
+    pub id: SandboxId,
+    /// Read-only template rootfs; writes go to a per-sandbox overlay.
+    pub rootfs: PathBuf,
+    /// Network namespace the sandbox joins.
+    pub netns_path: PathBuf,
+    /// Host path of the agent binary (bind-mounted read-only).
+    pub agent_path: PathBuf,
+    /// Per-sandbox directory for the bundle and logs.
+    pub run_dir: PathBuf,
+    pub cpu_count: u32,
+    pub memory_mb: u32,
+}
+
+/// Engine failures, each naming the operation and the sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("engine: writing bundle for sandbox {id}: {source}")]
+    Bundle {
+        id: SandboxId,
+        source: std::io::Error,
+    },
+    #[error("engine: spawning {program} for sandbox {id}: {source}")]
+    Spawn {
+        id: SandboxId,
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("engine: runsc {op} of sandbox {id} failed: {detail}")]
+    Runsc {
+        id: SandboxId,
+        op: &'static str,
+        detail: String,
+    },
+    #[error("engine: listing sandboxes: {0}")]
+    List(String),
+}
+
+/// A sandbox engine.
+pub trait Engine: Send + Sync + 'static {
+    /// Boots a sandbox whose init process is the agent. Returns once the engine reports it
+    /// started (the agent may not answer yet).
+    fn boot(&self, spec: &BootSpec) -> Result<(), EngineError>;
+    /// Stops and deletes a sandbox. Idempotent: an unknown sandbox is not an error.
+    fn destroy(&self, id: &SandboxId) -> Result<(), EngineError>;
+    /// Ids of every sandbox the engine currently holds (for reconciliation).
+    fn list(&self) -> Result<Vec<String>, EngineError>;
+    /// Human-readable engine description for logs and `doctor`.
+    fn describe(&self) -> String;
+}

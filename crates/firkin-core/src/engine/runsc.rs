@@ -1,0 +1,224 @@
+//! The gVisor engine: drives the `runsc` OCI CLI.
+//!
+//! Each sandbox runs with `--network=sandbox` (gVisor's netstack takes over the veth in the
+//! sandbox's namespace) and `--overlay2=root:memory` (writes land in a memory-backed overlay over
+//! the read-only template rootfs, so they are checkpointed with the sandbox).
+//!
+//! Some runsc builds (e.g. Debian's 2024-07-29) refuse to start with networking because their
+//! "root network namespace?" check tests for `/proc/sys/net/core/rmem_default`, which newer
+//! kernels show in every namespace. We detect that by behaviour on first boot and from then on
+//! run runsc inside a private mount namespace with an empty tmpfs over `/proc/sys/net`.
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use super::{oci, BootSpec, Engine, EngineError};
+use crate::atomic::write_json_atomic;
+use crate::ids::SandboxId;
+
+const ROOT_NETNS_QUIRK: &str = "cannot run with network enabled in root network namespace";
+
+const MODE_UNKNOWN: u8 = 0;
+const MODE_PLAIN: u8 = 1;
+const MODE_NETNS_WORKAROUND: u8 = 2;
+
+/// How runsc has to be invoked on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchMode {
+    Unknown,
+    Plain,
+    /// Private mount namespace with tmpfs over /proc/sys/net (see module docs).
+    NetnsWorkaround,
+}
+
+/// The runsc engine.
+#[derive(Debug)]
+pub struct RunscEngine {
+    runsc: PathBuf,
+    root: PathBuf,
+    mode: AtomicU8,
+}
+
+impl RunscEngine {
+    pub fn new(runsc: PathBuf, root: PathBuf) -> RunscEngine {
+        RunscEngine {
+            runsc,
+            root,
+            mode: AtomicU8::new(MODE_UNKNOWN),
+        }
+    }
+
+    pub fn launch_mode(&self) -> LaunchMode {
+        match self.mode.load(Ordering::Relaxed) {
+            MODE_PLAIN => LaunchMode::Plain,
+            MODE_NETNS_WORKAROUND => LaunchMode::NetnsWorkaround,
+            _ => LaunchMode::Unknown,
+        }
+    }
+
+    fn base_command(&self, workaround: bool) -> Command {
+        let mut cmd = if workaround {
+            let mut c = Command::new("unshare");
+            c.args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "mount -t tmpfs none /proc/sys/net && exec \"$@\"",
+                "sh",
+            ]);
+            c.arg(&self.runsc);
+            c
+        } else {
+            Command::new(&self.runsc)
+        };
+        cmd.arg(format!("--root={}", self.root.display()));
+        cmd
+    }
+
+    fn run_once(&self, spec: &BootSpec, workaround: bool) -> Result<(), String> {
+        let log_path = spec.run_dir.join("sandbox.log");
+        let log =
+            File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+        let log_err = log.try_clone().map_err(|e| e.to_string())?;
+        let status = self
+            .base_command(workaround)
+            .args(["--network=sandbox", "--overlay2=root:memory"])
+            .args(["run", "-detach", "--bundle"])
+            .arg(spec.run_dir.join("bundle"))
+            .arg(spec.id.as_str())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .status()
+            .map_err(|e| format!("spawning runsc: {e}"))?;
+        if status.success() {
+            return Ok(());
+        }
+        let mut text = String::new();
+        if let Ok(mut f) = File::open(&log_path) {
+            let _ = f.read_to_string(&mut text);
+        }
+        let tail: String = text
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        Err(format!("{status}: {tail}"))
+    }
+
+    fn runsc_status(&self, args: &[&str]) -> Result<std::process::Output, std::io::Error> {
+        self.base_command(false)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+    }
+}
+
+impl Engine for RunscEngine {
+    fn boot(&self, spec: &BootSpec) -> Result<(), EngineError> {
+        let bundle = spec.run_dir.join("bundle");
+        fs::create_dir_all(&bundle).map_err(|source| EngineError::Bundle {
+            id: spec.id.clone(),
+            source,
+        })?;
+        fs::create_dir_all(&self.root).map_err(|source| EngineError::Bundle {
+            id: spec.id.clone(),
+            source,
+        })?;
+        write_json_atomic(&bundle.join("config.json"), &oci::runtime_spec(spec)).map_err(|e| {
+            EngineError::Bundle {
+                id: spec.id.clone(),
+                source: e.source,
+            }
+        })?;
+
+        let mode = self.mode.load(Ordering::Relaxed);
+        let first = self.run_once(spec, mode == MODE_NETNS_WORKAROUND);
+        match first {
+            Ok(()) => {
+                if mode == MODE_UNKNOWN {
+                    self.mode.store(MODE_PLAIN, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            Err(detail) if mode != MODE_NETNS_WORKAROUND && detail.contains(ROOT_NETNS_QUIRK) => {
+                tracing::warn!(
+                    "runsc needs the /proc/sys/net workaround on this host; enabling it"
+                );
+                let _ = self.destroy(&spec.id);
+                self.mode.store(MODE_NETNS_WORKAROUND, Ordering::Relaxed);
+                self.run_once(spec, true)
+                    .map_err(|detail| EngineError::Runsc {
+                        id: spec.id.clone(),
+                        op: "run",
+                        detail,
+                    })
+            }
+            Err(detail) => Err(EngineError::Runsc {
+                id: spec.id.clone(),
+                op: "run",
+                detail,
+            }),
+        }
+    }
+
+    fn destroy(&self, id: &SandboxId) -> Result<(), EngineError> {
+        let out = self
+            .runsc_status(&["delete", "-force", id.as_str()])
+            .map_err(|source| EngineError::Spawn {
+                id: id.clone(),
+                program: "runsc delete".into(),
+                source,
+            })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("does not exist") || stderr.contains("not found") {
+            return Ok(());
+        }
+        Err(EngineError::Runsc {
+            id: id.clone(),
+            op: "delete",
+            detail: stderr.trim().to_owned(),
+        })
+    }
+
+    fn list(&self) -> Result<Vec<String>, EngineError> {
+        if !self.root.exists() {
+            return Ok(Vec::new());
+        }
+        let out = self
+            .runsc_status(&["list", "-quiet"])
+            .map_err(|e| EngineError::List(e.to_string()))?;
+        if !out.status.success() {
+            return Err(EngineError::List(
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "gVisor runsc ({}), root {}, launch mode {:?}",
+            self.runsc.display(),
+            self.root.display(),
+            self.launch_mode()
+        )
+    }
+}

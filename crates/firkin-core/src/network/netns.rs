@@ -1,0 +1,144 @@
+//! Real per-sandbox networks with iproute2: `ip netns add`, a veth pair, addresses.
+//! No route out of the host is configured: sandboxes have no internet egress.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use super::slots::slot_addrs;
+use super::{NetAttachment, Network, NetworkError};
+use crate::ids::SandboxId;
+
+/// Prefix of every namespace and interface firkin creates.
+pub const NETNS_PREFIX: &str = "firkin-";
+
+/// iproute2-backed network.
+#[derive(Debug)]
+pub struct NetnsNetwork {
+    base: Ipv4Addr,
+}
+
+impl NetnsNetwork {
+    /// `base` is the start of the /16-ish range carved into /30 slots.
+    pub fn new(base: Ipv4Addr) -> NetnsNetwork {
+        NetnsNetwork { base }
+    }
+
+    fn names(id: &SandboxId, slot: u32) -> (String, String, String) {
+        (
+            format!("{NETNS_PREFIX}{id}"),
+            format!("fkh{slot}"),
+            format!("fks{slot}"),
+        )
+    }
+
+    fn ip(id: &SandboxId, op: &str, args: &[&str]) -> Result<(), NetworkError> {
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .map_err(|e| NetworkError::Command {
+                id: id.to_string(),
+                op: op.to_owned(),
+                detail: format!("spawning ip: {e}"),
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(NetworkError::Command {
+                id: id.to_string(),
+                op: op.to_owned(),
+                detail: format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            })
+        }
+    }
+}
+
+impl Network for NetnsNetwork {
+    fn attach(&self, id: &SandboxId, slot: u32) -> Result<NetAttachment, NetworkError> {
+        let (ns, host_if, sbx_if) = Self::names(id, slot);
+        let (host_ip, sandbox_ip) = slot_addrs(self.base, slot);
+        // Clear leftovers of a crashed earlier owner of this slot.
+        let _ = Self::ip(id, "cleanup", &["link", "del", &host_if]);
+        let host_cidr = format!("{host_ip}/30");
+        let sbx_cidr = format!("{sandbox_ip}/30");
+        let host_s = host_ip.to_string();
+        let steps: [(&str, Vec<&str>); 7] = [
+            ("netns add", vec!["netns", "add", &ns]),
+            (
+                "veth add",
+                vec![
+                    "link", "add", &host_if, "type", "veth", "peer", "name", &sbx_if, "netns", &ns,
+                ],
+            ),
+            (
+                "host addr",
+                vec!["addr", "add", &host_cidr, "dev", &host_if],
+            ),
+            ("host up", vec!["link", "set", &host_if, "up"]),
+            (
+                "sandbox addr",
+                vec!["-n", &ns, "addr", "add", &sbx_cidr, "dev", &sbx_if],
+            ),
+            ("sandbox up", vec!["-n", &ns, "link", "set", &sbx_if, "up"]),
+            (
+                "sandbox route",
+                vec!["-n", &ns, "route", "add", "default", "via", &host_s],
+            ),
+        ];
+        for (op, args) in steps.iter() {
+            if let Err(e) = Self::ip(id, op, args) {
+                let _ = self.detach(id, slot);
+                return Err(e);
+            }
+        }
+        Ok(NetAttachment {
+            netns_path: PathBuf::from(format!("/var/run/netns/{ns}")),
+            sandbox_ip,
+            host_ip,
+        })
+    }
+
+    fn detach(&self, id: &SandboxId, slot: u32) -> Result<(), NetworkError> {
+        let (ns, host_if, _) = Self::names(id, slot);
+        let _ = Self::ip(id, "veth del", &["link", "del", &host_if]);
+        if PathBuf::from(format!("/var/run/netns/{ns}")).exists() {
+            Self::ip(id, "netns del", &["netns", "del", &ns])?;
+        }
+        Ok(())
+    }
+
+    fn list_namespaces(&self) -> Vec<String> {
+        std::fs::read_dir("/var/run/netns")
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.starts_with(NETNS_PREFIX))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn remove_namespace(&self, name: &str) -> Result<(), NetworkError> {
+        let out = Command::new("ip")
+            .args(["netns", "del", name])
+            .output()
+            .map_err(|e| NetworkError::Command {
+                id: name.to_owned(),
+                op: "netns del".into(),
+                detail: e.to_string(),
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(NetworkError::Command {
+                id: name.to_owned(),
+                op: "netns del".into(),
+                detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            })
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The persisted description of one sandbox. Written atomically on every state change.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::ids::SandboxId;
+use crate::lifecycle::SandboxState;
+
+/// Version of the on-disk record format.
+pub const RECORD_FORMAT: u32 = 1;
+
+/// Everything firkin knows about a sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxRecord {
+    pub format: u32,
+    pub id: SandboxId,
+    pub template_id: String,
+    pub state: SandboxState,
+    pub metadata: BTreeMap<String, String>,
+    pub env_vars: BTreeMap<String, String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub end_at: OffsetDateTime,
+    pub cpu_count: u32,
+    pub memory_mb: u32,
+    pub disk_size_mb: u32,
+    pub access_token: String,
+    /// What happens at `end_at`.
+    pub on_timeout: OnTimeout,
+    /// Network slot held by this sandbox.
+    pub net_slot: u32,
+    /// Address at which the agent answers (inside the sandbox's namespace).
+    pub agent_ip: std::net::Ipv4Addr,
+}
+
+/// The action taken when a sandbox reaches `end_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    Kill,
+    Pause,
+}

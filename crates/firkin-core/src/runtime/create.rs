@@ -1,0 +1,249 @@
+//! `create`: validate → reserve an id and a network slot → attach network → boot → readiness
+//! probe → init the agent → expose. Any failure after the slot is taken undoes everything.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use firkin_wire::agent::{InitRequest, AGENT_PROTOCOL_VERSION};
+use time::OffsetDateTime;
+
+use super::{Runtime, RuntimeError};
+use crate::engine::BootSpec;
+use crate::ids::{generate_secret, SandboxId};
+use crate::lifecycle::{LifecycleEvent, SandboxState};
+use crate::record::{OnTimeout, SandboxRecord, RECORD_FORMAT};
+use crate::samples::SampleName;
+
+/// A validated-by-the-runtime create request (front ends fill it from their wire format).
+#[derive(Debug, Clone, Default)]
+pub struct CreateSandbox {
+    pub template_id: String,
+    pub metadata: BTreeMap<String, String>,
+    pub env_vars: BTreeMap<String, String>,
+    pub timeout: Option<Duration>,
+    pub cpu_count: Option<u32>,
+    pub memory_mb: Option<u32>,
+    pub on_timeout: Option<OnTimeout>,
+    pub auto_resume: bool,
+    pub allow_internet_access: Option<bool>,
+}
+
+impl Runtime {
+    /// Creates and starts a sandbox; returns its record once the agent answers.
+    pub async fn create(&self, req: CreateSandbox) -> Result<SandboxRecord, RuntimeError> {
+        let cfg = &self.inner.config;
+        let template = self.inner.templates.resolve(&req.template_id)?;
+        if req.on_timeout == Some(OnTimeout::Pause) {
+            return Err(RuntimeError::Unsupported {
+                feature: "autoPause (pause on timeout)",
+            });
+        }
+        if req.auto_resume {
+            return Err(RuntimeError::Unsupported {
+                feature: "autoResume",
+            });
+        }
+        if req.allow_internet_access == Some(true) {
+            return Err(RuntimeError::Unsupported {
+                feature: "allow_internet_access=true (sandbox internet egress)",
+            });
+        }
+        let timeout = self.clamp_timeout(req.timeout)?;
+        let cpu_count = req.cpu_count.unwrap_or(cfg.default_cpu_count);
+        if cpu_count == 0 || cpu_count > cfg.max_cpu_count {
+            return Err(RuntimeError::InvalidRequest(format!(
+                "cpuCount must be 1..={}, got {cpu_count}",
+                cfg.max_cpu_count
+            )));
+        }
+        let memory_mb = req.memory_mb.unwrap_or(cfg.default_memory_mb);
+        if !(128..=cfg.max_memory_mb).contains(&memory_mb) {
+            return Err(RuntimeError::InvalidRequest(format!(
+                "memoryMB must be 128..={}, got {memory_mb}",
+                cfg.max_memory_mb
+            )));
+        }
+        for key in req.env_vars.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(RuntimeError::InvalidRequest(format!(
+                    "invalid envVars key {key:?}"
+                )));
+            }
+        }
+
+        let id = SandboxId::generate();
+        let slot = self.slots().take().ok_or(RuntimeError::Network {
+            id: id.to_string(),
+            source: crate::network::NetworkError::Exhausted(super::NET_SLOTS),
+        })?;
+        let now = OffsetDateTime::now_utc();
+        let record = SandboxRecord {
+            format: RECORD_FORMAT,
+            id: id.clone(),
+            template_id: template.id.clone(),
+            state: SandboxState::Creating,
+            metadata: req.metadata,
+            env_vars: req.env_vars,
+            started_at: now,
+            end_at: now + timeout,
+            cpu_count,
+            memory_mb,
+            disk_size_mb: cfg.disk_size_mb,
+            access_token: generate_secret(),
+            on_timeout: req.on_timeout.unwrap_or(OnTimeout::Kill),
+            net_slot: slot,
+            agent_ip: std::net::Ipv4Addr::UNSPECIFIED,
+        };
+        self.table().insert(id.clone(), record);
+
+        match self
+            .boot_and_init(&id, template.rootfs, slot, cpu_count, memory_mb)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "create failed; cleaning up");
+                self.teardown(&id, slot).await;
+                self.table().remove(&id);
+                let _ = std::fs::remove_file(self.inner.config.layout.sandbox_record(id.as_str()));
+                return Err(e);
+            }
+        }
+        let rec = self.transition(&id, LifecycleEvent::Ready)?;
+        // A create that took long still gets its full timeout from now.
+        let rec = self
+            .update(&id, |r| r.end_at = OffsetDateTime::now_utc() + timeout)
+            .unwrap_or(rec);
+        tracing::info!(sandbox = %id, template = %rec.template_id, "sandbox running");
+        Ok(rec)
+    }
+
+    pub(super) fn clamp_timeout(&self, t: Option<Duration>) -> Result<Duration, RuntimeError> {
+        let cfg = &self.inner.config;
+        let t = t.unwrap_or(cfg.default_timeout);
+        if t > cfg.max_timeout {
+            return Err(RuntimeError::InvalidRequest(format!(
+                "timeout {}s exceeds the maximum of {}s",
+                t.as_secs(),
+                cfg.max_timeout.as_secs()
+            )));
+        }
+        Ok(t)
+    }
+
+    async fn boot_and_init(
+        &self,
+        id: &SandboxId,
+        rootfs: std::path::PathBuf,
+        slot: u32,
+        cpu: u32,
+        mem: u32,
+    ) -> Result<(), RuntimeError> {
+        let cfg = &self.inner.config;
+        let network = Arc::clone(&self.inner.network);
+        let engine = Arc::clone(&self.inner.engine);
+        let run_dir = cfg.layout.sandbox_run_dir(id.as_str());
+        let agent_path = cfg.agent_path.clone();
+        let boot_id = id.clone();
+        let t_boot = Instant::now();
+        let attach = tokio::task::spawn_blocking(move || -> Result<_, RuntimeError> {
+            let att = network
+                .attach(&boot_id, slot)
+                .map_err(|source| RuntimeError::Network {
+                    id: boot_id.to_string(),
+                    source,
+                })?;
+            let spec = BootSpec {
+                id: boot_id.clone(),
+                rootfs,
+                netns_path: att.netns_path.clone(),
+                agent_path,
+                run_dir,
+                cpu_count: cpu,
+                memory_mb: mem,
+            };
+            engine.boot(&spec).map_err(|source| RuntimeError::Engine {
+                id: boot_id.to_string(),
+                source,
+            })?;
+            Ok(att)
+        })
+        .await
+        .map_err(|e| RuntimeError::Internal(format!("boot task: {e}")))??;
+        let ip = attach.sandbox_ip;
+        self.update(id, |r| r.agent_ip = ip);
+        self.persist(id)?;
+
+        let t_probe = Instant::now();
+        self.inner
+            .agent
+            .wait_ready(ip, cfg.ready_timeout)
+            .await
+            .map_err(|source| RuntimeError::NotReady {
+                id: id.to_string(),
+                source,
+            })?;
+        self.inner
+            .samples
+            .record(SampleName::ReadyProbe, t_probe.elapsed());
+        self.init_agent(id, None).await?;
+        self.inner
+            .samples
+            .record(SampleName::ColdBoot, t_boot.elapsed());
+        Ok(())
+    }
+
+    /// Sends `/init` with the record's token and env.
+    pub(super) async fn init_agent(
+        &self,
+        id: &SandboxId,
+        current_token: Option<&str>,
+    ) -> Result<(), RuntimeError> {
+        let rec = self.get(id)?;
+        let req = InitRequest {
+            protocol: AGENT_PROTOCOL_VERSION,
+            sandbox_id: id.to_string(),
+            access_token: rec.access_token.clone(),
+            env_vars: rec.env_vars.clone(),
+            default_user: Some("user".into()),
+            default_workdir: Some("/home/user".into()),
+            timestamp_ms: u64::try_from(
+                OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000,
+            )
+            .unwrap_or(0),
+        };
+        self.inner
+            .agent
+            .init(rec.agent_ip, &req, current_token)
+            .await
+            .map_err(|source| RuntimeError::NotReady {
+                id: id.to_string(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Destroys the engine sandbox and its network, and releases the slot. Never fails: errors
+    /// are logged, and reconciliation at the next start catches anything left.
+    pub(super) async fn teardown(&self, id: &SandboxId, slot: u32) {
+        let network = Arc::clone(&self.inner.network);
+        let engine = Arc::clone(&self.inner.engine);
+        let run_dir = self.inner.config.layout.sandbox_run_dir(id.as_str());
+        let tid = id.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            if let Err(e) = engine.destroy(&tid) {
+                tracing::warn!(sandbox = %tid, error = %e, "engine destroy failed");
+            }
+            if let Err(e) = network.detach(&tid, slot) {
+                tracing::warn!(sandbox = %tid, error = %e, "network detach failed");
+            }
+            let _ = std::fs::remove_dir_all(&run_dir);
+        })
+        .await;
+        if let Err(e) = res {
+            tracing::warn!(sandbox = %id, error = %e, "teardown task failed");
+        }
+        self.slots().release(slot);
+    }
+}

@@ -1,0 +1,32 @@
+//! Errors of runtime operations. The HTTP edge maps each variant to one status in one place.
+
+use crate::agent_client::AgentError;
+use crate::atomic::AtomicWriteError;
+use crate::engine::EngineError;
+use crate::lifecycle::TransitionError;
+use crate::network::NetworkError;
+use crate::template::TemplateError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("sandbox {0} not found")]
+    SandboxNotFound(String),
+    #[error("sandbox {id}: {source}")]
+    Transition { id: String, source: TransitionError },
+    #[error("{feature} is not supported by this firkin server yet")]
+    Unsupported { feature: &'static str },
+    #[error("create of sandbox {id} failed: {source}")]
+    Engine { id: String, source: EngineError },
+    #[error("create of sandbox {id} failed: {source}")]
+    Network { id: String, source: NetworkError },
+    #[error("sandbox {id} did not become ready: {source}")]
+    NotReady { id: String, source: AgentError },
+    #[error("persisting sandbox state: {0}")]
+    Persist(#[from] AtomicWriteError),
+    #[error("internal: {0}")]
+    Internal(String),
+}

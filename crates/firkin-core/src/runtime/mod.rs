@@ -1,0 +1,105 @@
+//! The runtime: the one typed operation seam every front end uses. It owns the sandbox table,
+//! applies lifecycle transitions, persists records, and drives the engine and network seams.
+
+mod create;
+mod error;
+mod expiry;
+pub mod list;
+mod ops;
+mod reconcile;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use create::CreateSandbox;
+pub use error::RuntimeError;
+pub use list::{ListQuery, Page};
+pub use ops::{ConnectOutcome, SandboxRoute};
+
+use crate::agent_client::AgentClient;
+use crate::config::RuntimeConfig;
+use crate::engine::Engine;
+use crate::ids::SandboxId;
+use crate::network::slots::SlotAllocator;
+use crate::network::Network;
+use crate::record::SandboxRecord;
+use crate::samples::Samples;
+use crate::template::TemplateCatalog;
+
+/// Number of /30 network slots (a /16 range).
+pub const NET_SLOTS: u32 = 16384;
+
+/// The sandbox runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RuntimeConfig,
+    engine: Arc<dyn Engine>,
+    network: Arc<dyn Network>,
+    templates: TemplateCatalog,
+    samples: Samples,
+    agent: AgentClient,
+    table: Mutex<BTreeMap<SandboxId, SandboxRecord>>,
+    slots: Mutex<SlotAllocator>,
+}
+
+impl Runtime {
+    pub fn new(
+        config: RuntimeConfig,
+        engine: Arc<dyn Engine>,
+        network: Arc<dyn Network>,
+    ) -> Runtime {
+        let templates = TemplateCatalog::new(config.layout.clone());
+        Runtime {
+            inner: Arc::new(Inner {
+                config,
+                engine,
+                network,
+                templates,
+                samples: Samples::default(),
+                agent: AgentClient::new(),
+                table: Mutex::new(BTreeMap::new()),
+                slots: Mutex::new(SlotAllocator::new(NET_SLOTS)),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    pub fn samples(&self) -> &Samples {
+        &self.inner.samples
+    }
+
+    pub fn engine_description(&self) -> String {
+        self.inner.engine.describe()
+    }
+
+    /// Starts background supervision (timeout expiry). Call once from within a tokio runtime.
+    pub fn start_background(&self) -> tokio::task::JoinHandle<()> {
+        let rt = self.clone();
+        tokio::spawn(async move { rt.expiry_loop().await })
+    }
+
+    fn table(&self) -> MutexGuard<'_, BTreeMap<SandboxId, SandboxRecord>> {
+        self.inner.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn slots(&self) -> MutexGuard<'_, SlotAllocator> {
+        self.inner.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of sandboxes currently in the table (any state but killed).
+    pub fn sandbox_count(&self) -> usize {
+        self.table().len()
+    }
+
+    fn agent_ip(&self, id: &SandboxId) -> Option<Ipv4Addr> {
+        self.table().get(id).map(|r| r.agent_ip)
+    }
+}

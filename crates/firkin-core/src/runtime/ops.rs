@@ -1,0 +1,214 @@
+//! Runtime operations on existing sandboxes: get, kill, timeouts, connect, routing lookups.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use firkin_wire::signature::{self, FileOperation};
+use time::OffsetDateTime;
+
+use super::{Runtime, RuntimeError};
+use crate::atomic::write_json_atomic;
+use crate::ids::SandboxId;
+use crate::lifecycle::{LifecycleEvent, SandboxState};
+use crate::record::SandboxRecord;
+use crate::samples::SampleName;
+
+/// Where sandbox traffic for one sandbox goes.
+#[derive(Debug, Clone)]
+pub struct SandboxRoute {
+    pub id: SandboxId,
+    pub agent_ip: Ipv4Addr,
+    pub access_token: String,
+}
+
+/// Result of `connect`: the record and whether it had to be resumed.
+#[derive(Debug, Clone)]
+pub struct ConnectOutcome {
+    pub record: SandboxRecord,
+    pub resumed: bool,
+}
+
+impl Runtime {
+    fn parse_id(id: &str) -> Result<SandboxId, RuntimeError> {
+        SandboxId::parse(id).map_err(|_| RuntimeError::SandboxNotFound(id.to_owned()))
+    }
+
+    /// A visible (running or paused) sandbox.
+    pub fn get(&self, id: &SandboxId) -> Result<SandboxRecord, RuntimeError> {
+        self.table()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::SandboxNotFound(id.to_string()))
+    }
+
+    /// Looks a sandbox up by its wire id; creating/killed ones are not found.
+    pub fn get_visible(&self, id: &str) -> Result<SandboxRecord, RuntimeError> {
+        let rec = self.get(&Self::parse_id(id)?)?;
+        if rec.state.e2b_name().is_none() {
+            return Err(RuntimeError::SandboxNotFound(id.to_owned()));
+        }
+        Ok(rec)
+    }
+
+    pub(super) fn update(
+        &self,
+        id: &SandboxId,
+        f: impl FnOnce(&mut SandboxRecord),
+    ) -> Option<SandboxRecord> {
+        let mut t = self.table();
+        let rec = t.get_mut(id)?;
+        f(rec);
+        Some(rec.clone())
+    }
+
+    pub(super) fn persist(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        let rec = self.get(id)?;
+        write_json_atomic(&self.inner.config.layout.sandbox_record(id.as_str()), &rec)?;
+        Ok(())
+    }
+
+    /// Applies a lifecycle event and persists the new state.
+    pub(super) fn transition(
+        &self,
+        id: &SandboxId,
+        event: LifecycleEvent,
+    ) -> Result<SandboxRecord, RuntimeError> {
+        let rec = {
+            let mut t = self.table();
+            let rec = t
+                .get_mut(id)
+                .ok_or_else(|| RuntimeError::SandboxNotFound(id.to_string()))?;
+            rec.state = rec
+                .state
+                .apply(event)
+                .map_err(|source| RuntimeError::Transition {
+                    id: id.to_string(),
+                    source,
+                })?;
+            rec.clone()
+        };
+        if rec.state != SandboxState::Killed {
+            write_json_atomic(&self.inner.config.layout.sandbox_record(id.as_str()), &rec)?;
+        }
+        Ok(rec)
+    }
+
+    /// Kills a sandbox and deletes everything it held.
+    pub async fn kill(&self, id: &str) -> Result<(), RuntimeError> {
+        let id = Self::parse_id(id)?;
+        let started = Instant::now();
+        let rec = self
+            .transition(&id, LifecycleEvent::Kill)
+            .map_err(|e| match e {
+                RuntimeError::Transition { id, .. } => RuntimeError::SandboxNotFound(id),
+                other => other,
+            })?;
+        // Gone from every lookup before the slow part, so traffic gets 502 at once.
+        self.table().remove(&id);
+        let _ = std::fs::remove_file(self.inner.config.layout.sandbox_record(id.as_str()));
+        self.teardown(&id, rec.net_slot).await;
+        self.inner
+            .samples
+            .record(SampleName::KillDelete, started.elapsed());
+        tracing::info!(sandbox = %id, "sandbox killed");
+        Ok(())
+    }
+
+    /// `endAt = now + timeout`.
+    pub fn set_timeout(&self, id: &str, timeout: Duration) -> Result<SandboxRecord, RuntimeError> {
+        let rec = self.get_visible(id)?;
+        let timeout = self.clamp_timeout(Some(timeout))?;
+        let updated = self
+            .update(&rec.id, |r| r.end_at = OffsetDateTime::now_utc() + timeout)
+            .ok_or_else(|| RuntimeError::SandboxNotFound(id.to_owned()))?;
+        self.persist(&rec.id)?;
+        Ok(updated)
+    }
+
+    /// Connects to a sandbox: a running one has its end time extended (never shortened).
+    pub async fn connect(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<ConnectOutcome, RuntimeError> {
+        let rec = self.get_visible(id)?;
+        if rec.state != SandboxState::Running {
+            return Err(RuntimeError::Unsupported {
+                feature: "resume of a paused sandbox",
+            });
+        }
+        let timeout = self.clamp_timeout(timeout)?;
+        let wanted = OffsetDateTime::now_utc() + timeout;
+        let record = self.update(&rec.id, |r| {
+            if wanted > r.end_at {
+                r.end_at = wanted;
+            }
+        });
+        let record = record.ok_or_else(|| RuntimeError::SandboxNotFound(id.to_owned()))?;
+        self.persist(&record.id)?;
+        Ok(ConnectOutcome {
+            record,
+            resumed: false,
+        })
+    }
+
+    /// Pause is not implemented yet: answer honestly.
+    pub async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        self.get_visible(id)?;
+        Err(RuntimeError::Unsupported { feature: "pause" })
+    }
+
+    /// Where to send traffic for `id`, if it is running.
+    pub fn route(&self, id: &str) -> Option<SandboxRoute> {
+        let id = SandboxId::parse(id).ok()?;
+        let t = self.table();
+        let rec = t.get(&id)?;
+        if !rec.state.accepts_traffic() {
+            return None;
+        }
+        Some(SandboxRoute {
+            id: rec.id.clone(),
+            agent_ip: rec.agent_ip,
+            access_token: rec.access_token.clone(),
+        })
+    }
+
+    /// Finds the running sandbox whose token validates a signed `/files` URL.
+    pub fn route_by_file_signature(
+        &self,
+        path: &str,
+        op: FileOperation,
+        username: &str,
+        presented: &str,
+        expiration: Option<i64>,
+    ) -> Option<SandboxRoute> {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let t = self.table();
+        t.values()
+            .filter(|r| r.state.accepts_traffic())
+            .find(|r| {
+                let expected = signature::sign(path, op, username, &r.access_token, expiration);
+                expected == presented
+                    && signature::verify(
+                        presented,
+                        path,
+                        op,
+                        username,
+                        &r.access_token,
+                        expiration,
+                        now,
+                    )
+                    .is_ok()
+            })
+            .map(|r| SandboxRoute {
+                id: r.id.clone(),
+                agent_ip: r.agent_ip,
+                access_token: r.access_token.clone(),
+            })
+    }
+
+    /// Agent address of a running sandbox (for in-process clients such as `firkin bench`).
+    pub fn agent_address(&self, id: &SandboxId) -> Option<Ipv4Addr> {
+        self.agent_ip(id)
+    }
+}

@@ -1,0 +1,193 @@
+//! Control-plane routes (E2B REST). Handlers parse, call the runtime, and render.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use firkin_core::record::OnTimeout;
+use firkin_core::runtime::CreateSandbox;
+
+use crate::error::ApiError;
+use crate::list_query::list_query;
+use crate::wire::{
+    parse_json, parse_json_or_default, seconds, NewSandbox, SandboxListing, SandboxResponse,
+    TimeoutBody,
+};
+use crate::AppState;
+
+/// The control-plane router (auth is checked by the dispatcher before it gets here).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v2/sandboxes", post(create).get(list))
+        .route("/sandboxes", post(create).get(list))
+        .route("/sandboxes/{id}", get(detail).delete(kill))
+        .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/v2/sandboxes/{id}/connect", post(connect))
+        .route("/sandboxes/{id}/connect", post(connect))
+        .route("/sandboxes/{id}/resume", post(connect))
+        .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/metrics", get(unsupported_metrics))
+        .route("/sandboxes/{id}/snapshots", post(unsupported_snapshots))
+        .route("/sandboxes/{id}/fork", post(unsupported_fork))
+        .route("/snapshots", get(unsupported_snapshots))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn create(State(st): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let req: NewSandbox = parse_json(&body)?;
+    if req.template_id.trim().is_empty() {
+        return Err(ApiError::bad_request("templateID must not be empty"));
+    }
+    let timeout = req.timeout.map(|t| seconds("timeout", t)).transpose()?;
+    let create = CreateSandbox {
+        template_id: req.template_id,
+        metadata: req.metadata.unwrap_or_default(),
+        env_vars: req.env_vars.unwrap_or_default(),
+        timeout,
+        cpu_count: req.cpu_count,
+        memory_mb: req.memory_mb,
+        on_timeout: req
+            .auto_pause
+            .map(|p| if p { OnTimeout::Pause } else { OnTimeout::Kill }),
+        auto_resume: req.auto_resume.is_some_and(|a| a.enabled),
+        allow_internet_access: req.allow_internet_access,
+    };
+    let rec = st.runtime.create(create).await?;
+    let domain = st.runtime.config().domain.clone();
+    Ok((
+        StatusCode::CREATED,
+        Json(SandboxResponse::from_record(&rec, domain)),
+    )
+        .into_response())
+}
+
+async fn list(
+    State(st): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let q = list_query(&params)?;
+    let page = st.runtime.list(&q);
+    let items: Vec<SandboxListing> = page
+        .items
+        .iter()
+        .map(|r| SandboxListing::from_record(r, false, None))
+        .collect();
+    let mut resp = Json(items).into_response();
+    if let Some(tok) = page.next_cursor {
+        if let Ok(v) = HeaderValue::from_str(&tok) {
+            resp.headers_mut().insert("x-next-token", v);
+        }
+    }
+    Ok(resp)
+}
+
+async fn detail(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SandboxListing>, ApiError> {
+    let rec = st.runtime.get_visible(&id)?;
+    Ok(Json(SandboxListing::from_record(
+        &rec,
+        true,
+        st.runtime.config().domain.clone(),
+    )))
+}
+
+async fn kill(State(st): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    st.runtime.kill(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_timeout(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let b: TimeoutBody = parse_json(&body)?;
+    let t = b
+        .timeout
+        .ok_or_else(|| ApiError::bad_request("timeout is required"))?;
+    st.runtime.set_timeout(&id, seconds("timeout", t)?)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn connect(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let b: TimeoutBody = parse_json_or_default(&body)?;
+    let timeout = b.timeout.map(|t| seconds("timeout", t)).transpose()?;
+    let out = st.runtime.connect(&id, timeout).await?;
+    let status = if out.resumed {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let domain = st.runtime.config().domain.clone();
+    Ok((
+        status,
+        Json(SandboxResponse::from_record(&out.record, domain)),
+    )
+        .into_response())
+}
+
+async fn pause(State(st): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    st.runtime.pause(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn unsupported_metrics(State(st): State<AppState>, Path(id): Path<String>) -> ApiError {
+    match st.runtime.get_visible(&id) {
+        Err(e) => e.into(),
+        Ok(_) => ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "sandbox metrics are not supported by this firkin server yet",
+        ),
+    }
+}
+
+async fn unsupported_snapshots() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "snapshots are not supported by this firkin server yet",
+    )
+}
+
+async fn unsupported_fork() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "fork is not supported by this firkin server yet",
+    )
+}
+
+async fn health() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    let mut text = st.runtime.samples().prometheus();
+    text.push_str(
+        "# HELP firkin_sandboxes Sandboxes by lifecycle state.\n# TYPE firkin_sandboxes gauge\n",
+    );
+    for (state, n) in st.runtime.count_by_state() {
+        text.push_str(&format!("firkin_sandboxes{{state=\"{state:?}\"}} {n}\n"));
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    (headers, text).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}

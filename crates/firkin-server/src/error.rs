@@ -1,0 +1,89 @@
+//! The one place where errors become HTTP responses in E2B's JSON shape `{"code","message"}`.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use firkin_core::runtime::RuntimeError;
+use firkin_core::template::TemplateError;
+use serde_json::json;
+
+/// An error answered to a client.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"code": self.status.as_u16(), "message": self.message});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> ApiError {
+        let status = match &e {
+            RuntimeError::Template(TemplateError::NotFound(_)) => StatusCode::NOT_FOUND,
+            RuntimeError::Template(TemplateError::RootfsMissing { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            RuntimeError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            RuntimeError::SandboxNotFound(_) => StatusCode::NOT_FOUND,
+            RuntimeError::Transition { .. } => StatusCode::CONFLICT,
+            RuntimeError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
+            RuntimeError::Network {
+                source: firkin_core::network::NetworkError::Exhausted(_),
+                ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
+            RuntimeError::Engine { .. }
+            | RuntimeError::Network { .. }
+            | RuntimeError::NotReady { .. }
+            | RuntimeError::Persist(_)
+            | RuntimeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %e, "request failed");
+        }
+        ApiError::new(status, e.to_string())
+    }
+}
+
+/// E2B's proxy answer for traffic to an unknown or dead sandbox (the SDK matches "was not found").
+pub fn sandbox_not_found(id: &str) -> Response {
+    let body = json!({"sandboxId": id, "message": "The sandbox was not found", "code": 502});
+    let mut resp = (StatusCode::BAD_GATEWAY, axum::Json(body)).into_response();
+    resp.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    resp
+}
+
+/// A running sandbox whose port has no listener.
+pub fn port_not_open(id: &str, port: u16) -> Response {
+    let body = json!({
+        "sandboxId": id,
+        "port": port,
+        "message": format!("The sandbox is running but port {port} is not open"),
+        "code": 502,
+    });
+    (StatusCode::BAD_GATEWAY, axum::Json(body)).into_response()
+}

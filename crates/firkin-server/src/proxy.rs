@@ -1,0 +1,149 @@
+//! Sandbox traffic: forwards bytes to the agent (or a user port) inside the sandbox's network
+//! namespace, streaming both ways. The server never re-implements envd.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, Uri};
+use axum::response::{IntoResponse, Response};
+use firkin_core::runtime::SandboxRoute;
+use firkin_wire::agent::{ENVD_PORT, INIT_PATH};
+use firkin_wire::signature::FileOperation;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::error::{port_not_open, sandbox_not_found, ApiError};
+use crate::AppState;
+
+/// The upstream HTTP client shared by all proxied requests.
+pub type UpstreamClient = Client<HttpConnector, Body>;
+
+pub fn upstream_client() -> UpstreamClient {
+    let mut conn = HttpConnector::new();
+    conn.set_connect_timeout(Some(Duration::from_secs(5)));
+    conn.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(conn)
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "e2b-sandbox-id",
+    "e2b-sandbox-port",
+];
+
+/// Proxies a request for sandbox `id`, port `port`.
+pub async fn to_sandbox(st: &AppState, id: &str, port: u16, req: Request) -> Response {
+    let Some(route) = st.runtime.route(id) else {
+        return sandbox_not_found(id);
+    };
+    if port == ENVD_PORT && req.uri().path() == INIT_PATH {
+        return ApiError::not_found("no such route").into_response();
+    }
+    forward(st, &route, port, req).await
+}
+
+/// Routes a signed `/files` URL that came without routing headers.
+pub async fn signed_files(st: &AppState, req: Request) -> Response {
+    let op = if req.method() == axum::http::Method::GET {
+        FileOperation::Read
+    } else {
+        FileOperation::Write
+    };
+    let params: std::collections::HashMap<String, String> = req
+        .uri()
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    let dec = |s: &str| {
+                        urlencoding::decode(&s.replace('+', " "))
+                            .ok()
+                            .map(|c| c.into_owned())
+                    };
+                    Some((dec(k)?, dec(v)?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let path = params.get("path").map(String::as_str).unwrap_or("");
+    let username = params.get("username").map(String::as_str).unwrap_or("");
+    let signature = params.get("signature").map(String::as_str).unwrap_or("");
+    let expiration = match params.get("signature_expiration").map(|s| s.parse::<i64>()) {
+        None => None,
+        Some(Ok(e)) => Some(e),
+        Some(Err(_)) => {
+            return ApiError::bad_request("invalid signature_expiration").into_response()
+        }
+    };
+    match st
+        .runtime
+        .route_by_file_signature(path, op, username, signature, expiration)
+    {
+        Some(route) => forward(st, &route, ENVD_PORT, req).await,
+        None => {
+            ApiError::unauthorized("invalid or expired file URL signature (or the sandbox is gone)")
+                .into_response()
+        }
+    }
+}
+
+async fn forward(st: &AppState, route: &SandboxRoute, port: u16, req: Request) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let uri: Uri = match format!("http://{}:{port}{pq}", route.agent_ip).parse() {
+        Ok(u) => u,
+        Err(e) => {
+            return ApiError::bad_request(format!("invalid request path: {e}")).into_response()
+        }
+    };
+    parts.uri = uri;
+    parts.version = axum::http::Version::HTTP_11;
+    for h in HOP_BY_HOP {
+        parts.headers.remove(*h);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("{}:{port}", route.agent_ip)) {
+        parts.headers.insert(header::HOST, v);
+    }
+    let upstream = axum::http::Request::from_parts(parts, body);
+    match st.upstream.request(upstream).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            for h in HOP_BY_HOP {
+                parts.headers.remove(*h);
+            }
+            Response::from_parts(parts, Body::new(body))
+        }
+        Err(e) if e.is_connect() => {
+            // The sandbox may have been killed while the request was in flight.
+            if st.runtime.route(route.id.as_str()).is_none() {
+                return sandbox_not_found(route.id.as_str());
+            }
+            port_not_open(route.id.as_str(), port)
+        }
+        Err(e) => {
+            tracing::warn!(sandbox = %route.id, error = %e, "proxy request failed");
+            if st.runtime.route(route.id.as_str()).is_none() {
+                return sandbox_not_found(route.id.as_str());
+            }
+            ApiError::new(
+                axum::http::StatusCode::BAD_GATEWAY,
+                format!("sandbox {} did not answer: {e}", route.id),
+            )
+            .into_response()
+        }
+    }
+}

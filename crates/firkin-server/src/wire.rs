@@ -1,0 +1,160 @@
+//! E2B control-plane JSON shapes (requests accepted, responses rendered). Parsing and
+//! rendering only; meaning lives in the core.
+
+use std::collections::BTreeMap;
+
+use firkin_core::record::SandboxRecord;
+use firkin_core::timefmt::rfc3339;
+use firkin_wire::agent::ENVD_VERSION;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+/// `NewSandbox` / `NewSandboxV2`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewSandbox {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub env_vars: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub timeout: Option<i64>,
+    #[serde(default)]
+    pub auto_pause: Option<bool>,
+    #[serde(default)]
+    pub auto_resume: Option<AutoResume>,
+    #[serde(default, rename = "allow_internet_access")]
+    pub allow_internet_access: Option<bool>,
+    /// firkin extension: vCPUs for this sandbox.
+    #[serde(default)]
+    pub cpu_count: Option<u32>,
+    /// firkin extension: memory limit in MiB.
+    #[serde(default, rename = "memoryMB")]
+    pub memory_mb: Option<u32>,
+    #[serde(default)]
+    pub secure: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AutoResume {
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// `{"timeout": N}` bodies (set_timeout, connect).
+#[derive(Debug, Deserialize, Default)]
+pub struct TimeoutBody {
+    #[serde(default)]
+    pub timeout: Option<i64>,
+}
+
+/// Parses a JSON body into `T`, answering E2B-shaped 400s.
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+/// Like [`parse_json`] but an empty body is `T::default()`.
+pub fn parse_json_or_default<T: serde::de::DeserializeOwned + Default>(
+    bytes: &[u8],
+) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse_json(bytes)
+}
+
+/// Seconds from the wire to a `Duration`, rejecting negatives.
+pub fn seconds(field: &str, v: i64) -> Result<std::time::Duration, ApiError> {
+    u64::try_from(v)
+        .map(std::time::Duration::from_secs)
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "{field} must be a non-negative integer number of seconds, got {v}"
+            ))
+        })
+}
+
+/// `Sandbox` (create / connect response).
+#[derive(Debug, Serialize)]
+pub struct SandboxResponse {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    #[serde(rename = "clientID")]
+    pub client_id: &'static str,
+    #[serde(rename = "envdVersion")]
+    pub envd_version: &'static str,
+    #[serde(rename = "envdAccessToken")]
+    pub envd_access_token: String,
+    #[serde(rename = "trafficAccessToken")]
+    pub traffic_access_token: Option<String>,
+    pub domain: Option<String>,
+}
+
+impl SandboxResponse {
+    pub fn from_record(r: &SandboxRecord, domain: Option<String>) -> SandboxResponse {
+        SandboxResponse {
+            template_id: r.template_id.clone(),
+            sandbox_id: r.id.to_string(),
+            client_id: CLIENT_ID,
+            envd_version: ENVD_VERSION,
+            envd_access_token: r.access_token.clone(),
+            traffic_access_token: None,
+            domain,
+        }
+    }
+}
+
+/// The deprecated, required `clientID`.
+pub const CLIENT_ID: &str = "firkin";
+
+/// `ListedSandbox` and `SandboxDetail` (the detail adds the token and domain).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxListing {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    #[serde(rename = "clientID")]
+    pub client_id: &'static str,
+    pub started_at: String,
+    pub end_at: String,
+    pub cpu_count: u32,
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: u32,
+    #[serde(rename = "diskSizeMB")]
+    pub disk_size_mb: u32,
+    pub state: &'static str,
+    pub envd_version: &'static str,
+    pub metadata: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envd_access_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+}
+
+impl SandboxListing {
+    pub fn from_record(r: &SandboxRecord, detail: bool, domain: Option<String>) -> SandboxListing {
+        SandboxListing {
+            template_id: r.template_id.clone(),
+            sandbox_id: r.id.to_string(),
+            client_id: CLIENT_ID,
+            started_at: rfc3339(r.started_at),
+            end_at: rfc3339(r.end_at),
+            cpu_count: r.cpu_count,
+            memory_mb: r.memory_mb,
+            disk_size_mb: r.disk_size_mb,
+            state: r.state.e2b_name().unwrap_or("running"),
+            envd_version: ENVD_VERSION,
+            metadata: r.metadata.clone(),
+            envd_access_token: detail.then(|| r.access_token.clone()),
+            domain: if detail { domain } else { None },
+        }
+    }
+}
