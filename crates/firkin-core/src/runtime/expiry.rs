@@ -40,6 +40,7 @@ impl Runtime {
                 n += 1;
             }
         }
+        self.drain_teardowns().await;
         n
     }
 }

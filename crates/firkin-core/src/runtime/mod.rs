@@ -45,6 +45,8 @@ struct Inner {
     agent: AgentClient,
     table: Mutex<BTreeMap<SandboxId, SandboxRecord>>,
     slots: Mutex<SlotAllocator>,
+    /// Teardowns still running in the background (awaited at shutdown).
+    teardowns: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Runtime {
@@ -64,6 +66,7 @@ impl Runtime {
                 agent: AgentClient::new(),
                 table: Mutex::new(BTreeMap::new()),
                 slots: Mutex::new(SlotAllocator::new(NET_SLOTS)),
+                teardowns: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -92,6 +95,25 @@ impl Runtime {
 
     fn slots(&self) -> MutexGuard<'_, SlotAllocator> {
         self.inner.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for every background teardown to finish.
+    pub async fn drain_teardowns(&self) {
+        loop {
+            let handles: Vec<_> = std::mem::take(
+                &mut *self
+                    .inner
+                    .teardowns
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
+            if handles.is_empty() {
+                return;
+            }
+            for h in handles {
+                let _ = h.await;
+            }
+        }
     }
 
     /// Number of sandboxes currently in the table (any state but killed).

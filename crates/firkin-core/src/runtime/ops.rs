@@ -93,8 +93,30 @@ impl Runtime {
         Ok(rec)
     }
 
-    /// Kills a sandbox and deletes everything it held.
+    /// Kills a sandbox: it is unreachable when this returns; the engine teardown (runsc delete
+    /// takes about a second) finishes in the background and is awaited at shutdown.
     pub async fn kill(&self, id: &str) -> Result<(), RuntimeError> {
+        let (id, slot, started) = self.begin_kill(id)?;
+        let rt = self.clone();
+        let handle = tokio::spawn(async move { rt.finish_kill(id, slot, started).await });
+        let mut pending = self
+            .inner
+            .teardowns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        pending.retain(|h| !h.is_finished());
+        pending.push(handle);
+        Ok(())
+    }
+
+    /// Kills a sandbox and waits until everything it held is released.
+    pub async fn kill_and_wait(&self, id: &str) -> Result<(), RuntimeError> {
+        let (id, slot, started) = self.begin_kill(id)?;
+        self.finish_kill(id, slot, started).await;
+        Ok(())
+    }
+
+    fn begin_kill(&self, id: &str) -> Result<(SandboxId, u32, Instant), RuntimeError> {
         let id = Self::parse_id(id)?;
         let started = Instant::now();
         let rec = self
@@ -106,12 +128,15 @@ impl Runtime {
         // Gone from every lookup before the slow part, so traffic gets 502 at once.
         self.table().remove(&id);
         let _ = std::fs::remove_file(self.inner.config.layout.sandbox_record(id.as_str()));
-        self.teardown(&id, rec.net_slot).await;
+        tracing::info!(sandbox = %id, "sandbox killed");
+        Ok((id, rec.net_slot, started))
+    }
+
+    async fn finish_kill(&self, id: SandboxId, slot: u32, started: Instant) {
+        self.teardown(&id, slot).await;
         self.inner
             .samples
             .record(SampleName::KillDelete, started.elapsed());
-        tracing::info!(sandbox = %id, "sandbox killed");
-        Ok(())
     }
 
     /// `endAt = now + timeout`.
