@@ -6,12 +6,23 @@ use super::slots::slot_addrs;
 use super::{NetAttachment, Network, NetworkError};
 use crate::ids::SandboxId;
 
-#[derive(Debug, Default)]
-pub struct FakeNetwork;
+/// Hands out loopback addresses (`base + 4*slot + 2`), so a test can serve a fake agent there.
+#[derive(Debug)]
+pub struct FakeNetwork {
+    pub base: Ipv4Addr,
+}
+
+impl Default for FakeNetwork {
+    fn default() -> Self {
+        FakeNetwork {
+            base: Ipv4Addr::new(127, 200, 0, 0),
+        }
+    }
+}
 
 impl Network for FakeNetwork {
     fn attach(&self, id: &SandboxId, slot: u32) -> Result<NetAttachment, NetworkError> {
-        let (host_ip, sandbox_ip) = slot_addrs(Ipv4Addr::new(127, 200, 0, 0), slot);
+        let (host_ip, sandbox_ip) = slot_addrs(self.base, slot);
         Ok(NetAttachment {
             netns_path: format!("/fake/netns/{id}").into(),
             sandbox_ip,

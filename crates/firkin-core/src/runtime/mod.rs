@@ -7,6 +7,8 @@ mod expiry;
 pub mod list;
 mod ops;
 mod reconcile;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

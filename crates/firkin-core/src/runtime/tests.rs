@@ -1,0 +1,160 @@
+//! Runtime logic over the fake engine and network, with a minimal fake agent on loopback.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+use crate::config::{Layout, RuntimeConfig};
+use crate::engine::fake::FakeEngine;
+use crate::network::fake::FakeNetwork;
+
+/// Serves `/health` and `/init` like the agent does, on `ip:49983`.
+async fn fake_agent(ip: Ipv4Addr) {
+    let listener =
+        tokio::net::TcpListener::bind(SocketAddr::from((ip, firkin_wire::agent::ENVD_PORT)))
+            .await
+            .unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let resp = if req.starts_with("GET /health") {
+                    "HTTP/1.1 204 No Content\r\nx-firkin-agent-protocol: 1\r\nconnection: close\r\n\r\n".to_string()
+                } else {
+                    let body = r#"{"protocol":1,"agentVersion":"fake","envdVersion":"0.6.13"}"#;
+                    format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+                };
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+}
+
+fn runtime(tag: u8, engine: Arc<FakeEngine>) -> (Runtime, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("firkin-rt-test-{}-{tag}", std::process::id()));
+    let layout = Layout {
+        state_dir: dir.join("state"),
+        cache_dir: dir.join("cache"),
+    };
+    std::fs::create_dir_all(layout.rootfs_dir(crate::template::BASE_ROOTFS).join("bin")).unwrap();
+    let mut cfg = RuntimeConfig::new(layout, "/nonexistent/agent");
+    cfg.ready_timeout = Duration::from_millis(300);
+    let net = Arc::new(FakeNetwork {
+        base: Ipv4Addr::new(127, 201, tag, 0),
+    });
+    (Runtime::new(cfg, engine, net), dir)
+}
+
+fn req() -> CreateSandbox {
+    CreateSandbox {
+        template_id: "base".into(),
+        timeout: Some(Duration::from_secs(60)),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn create_persists_and_kill_releases_everything() {
+    let engine = Arc::new(FakeEngine::default());
+    let (rt, dir) = runtime(1, engine.clone());
+    fake_agent(Ipv4Addr::new(127, 201, 1, 2)).await;
+    let rec = rt.create(req()).await.unwrap();
+    assert_eq!(rec.state, crate::lifecycle::SandboxState::Running);
+    assert!(rt.config().layout.sandbox_record(rec.id.as_str()).exists());
+    assert!(rt.route(rec.id.as_str()).is_some());
+    assert_eq!(engine.list().unwrap().len(), 1);
+
+    rt.kill_and_wait(rec.id.as_str()).await.unwrap();
+    assert!(rt.route(rec.id.as_str()).is_none());
+    assert!(matches!(
+        rt.kill(rec.id.as_str()).await,
+        Err(RuntimeError::SandboxNotFound(_))
+    ));
+    assert!(!rt.config().layout.sandbox_record(rec.id.as_str()).exists());
+    assert!(engine.list().unwrap().is_empty());
+    assert_eq!(rt.slots().in_use(), 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn failed_boot_leaves_nothing_behind() {
+    let engine = Arc::new(FakeEngine::default());
+    *engine.fail_next_boot.lock().unwrap() = true;
+    let (rt, dir) = runtime(2, engine.clone());
+    let err = rt.create(req()).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::Engine { .. }), "{err}");
+    assert_eq!(rt.sandbox_count(), 0);
+    assert_eq!(rt.slots().in_use(), 0);
+    assert!(engine.list().unwrap().is_empty());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn unready_agent_fails_create_and_cleans_up() {
+    let engine = Arc::new(FakeEngine::default());
+    let (rt, dir) = runtime(3, engine.clone()); // no fake agent listening
+    let err = rt.create(req()).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::NotReady { .. }), "{err}");
+    assert_eq!(rt.sandbox_count(), 0);
+    assert!(engine.list().unwrap().is_empty());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn validation_errors_are_typed() {
+    let (rt, dir) = runtime(4, Arc::new(FakeEngine::default()));
+    let bad_template = rt
+        .create(CreateSandbox {
+            template_id: "nope".into(),
+            ..req()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(bad_template, RuntimeError::Template(_)));
+    let too_long = rt
+        .create(CreateSandbox {
+            timeout: Some(Duration::from_secs(10 * 86400)),
+            ..req()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(too_long, RuntimeError::InvalidRequest(_)));
+    let pause = rt
+        .create(CreateSandbox {
+            on_timeout: Some(crate::record::OnTimeout::Pause),
+            ..req()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(pause, RuntimeError::Unsupported { .. }));
+    assert_eq!(rt.sandbox_count(), 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn timeouts_extend_and_expire() {
+    let (rt, dir) = runtime(5, Arc::new(FakeEngine::default()));
+    fake_agent(Ipv4Addr::new(127, 201, 5, 2)).await;
+    let rec = rt.create(req()).await.unwrap();
+    let id = rec.id.to_string();
+    let shorter = rt.set_timeout(&id, Duration::from_secs(1)).unwrap();
+    assert!(shorter.end_at < rec.end_at);
+    // connect never shortens
+    let c = rt.connect(&id, Some(Duration::from_secs(0))).await.unwrap();
+    assert_eq!(c.record.end_at, shorter.end_at);
+    assert!(!c.resumed);
+    let later = time::OffsetDateTime::now_utc() + Duration::from_secs(2);
+    assert_eq!(rt.expired(later), vec![id.clone()]);
+    assert!(rt.expired(time::OffsetDateTime::now_utc()).is_empty());
+    rt.kill_all().await;
+    assert_eq!(rt.sandbox_count(), 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
