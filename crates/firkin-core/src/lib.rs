@@ -6,6 +6,8 @@ pub mod agent_client;
 pub mod atomic;
 pub mod config;
 pub mod engine;
+#[cfg(any(test, feature = "test-support"))]
+pub mod fake_agent;
 pub mod ids;
 pub mod lifecycle;
 pub mod network;

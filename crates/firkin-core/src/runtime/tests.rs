@@ -1,42 +1,14 @@
 //! Runtime logic over the fake engine and network, with a minimal fake agent on loopback.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 use crate::config::{Layout, RuntimeConfig};
 use crate::engine::fake::FakeEngine;
+use crate::fake_agent::fake_agent;
 use crate::network::fake::FakeNetwork;
-
-/// Serves `/health` and `/init` like the agent does, on `ip:49983`.
-async fn fake_agent(ip: Ipv4Addr) {
-    let listener =
-        tokio::net::TcpListener::bind(SocketAddr::from((ip, firkin_wire::agent::ENVD_PORT)))
-            .await
-            .unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let n = sock.read(&mut buf).await.unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]).to_string();
-                let resp = if req.starts_with("GET /health") {
-                    "HTTP/1.1 204 No Content\r\nx-firkin-agent-protocol: 1\r\nconnection: close\r\n\r\n".to_string()
-                } else {
-                    let body = r#"{"protocol":1,"agentVersion":"fake","envdVersion":"0.6.13"}"#;
-                    format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
-                };
-                let _ = sock.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
-}
 
 fn runtime(tag: u8, engine: Arc<FakeEngine>) -> (Runtime, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("firkin-rt-test-{}-{tag}", std::process::id()));
