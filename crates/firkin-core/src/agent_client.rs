@@ -29,6 +29,33 @@ pub enum AgentError {
     },
     #[error("agent at {addr}: init failed: {detail}")]
     Init { addr: Ipv4Addr, detail: String },
+    #[error("agent at {addr}: {route} failed: {detail}")]
+    Call {
+        addr: Ipv4Addr,
+        route: &'static str,
+        detail: String,
+    },
+}
+
+/// The agent's `/metrics` answer (envd's shape).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct AgentMetrics {
+    #[serde(default)]
+    pub ts: i64,
+    #[serde(default)]
+    pub cpu_count: u32,
+    #[serde(default)]
+    pub cpu_used_pct: f64,
+    #[serde(default)]
+    pub mem_total: u64,
+    #[serde(default)]
+    pub mem_used: u64,
+    #[serde(default)]
+    pub mem_cache: u64,
+    #[serde(default)]
+    pub disk_used: u64,
+    #[serde(default)]
+    pub disk_total: u64,
 }
 
 /// A small HTTP/1.1 client for the agent's control routes.
@@ -101,6 +128,34 @@ impl AgentClient {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(25));
         }
+    }
+
+    /// Reads the agent's resource usage.
+    pub async fn metrics(&self, addr: Ipv4Addr, token: &str) -> Result<AgentMetrics, AgentError> {
+        let err = |detail: String| AgentError::Call {
+            addr,
+            route: "GET /metrics",
+            detail,
+        };
+        let request = http::Request::get(format!("http://{addr}:{ENVD_PORT}/metrics"))
+            .header("x-access-token", token)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| err(e.to_string()))?;
+        let resp = tokio::time::timeout(Duration::from_secs(5), self.client.request(request))
+            .await
+            .map_err(|_| err("timed out".into()))?
+            .map_err(|e| err(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(err(format!("status {status}")));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))
     }
 
     /// Sends `/init`. `current_token` is required by the agent when it already has a token.

@@ -14,8 +14,8 @@ use firkin_core::runtime::CreateSandbox;
 use crate::error::ApiError;
 use crate::list_query::list_query;
 use crate::wire::{
-    parse_json, parse_json_or_default, seconds, NewSandbox, SandboxListing, SandboxResponse,
-    TimeoutBody,
+    parse_json, parse_json_or_default, seconds, NewSandbox, SandboxListing, SandboxMetric,
+    SandboxResponse, TimeoutBody,
 };
 use crate::AppState;
 
@@ -30,7 +30,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/connect", post(connect))
         .route("/sandboxes/{id}/resume", post(connect))
         .route("/sandboxes/{id}/pause", post(pause))
-        .route("/sandboxes/{id}/metrics", get(unsupported_metrics))
+        .route("/sandboxes/{id}/metrics", get(sandbox_metrics))
         .route("/sandboxes/{id}/snapshots", post(unsupported_snapshots))
         .route("/sandboxes/{id}/fork", post(unsupported_fork))
         .route("/snapshots", get(unsupported_snapshots))
@@ -144,14 +144,24 @@ async fn pause(State(st): State<AppState>, Path(id): Path<String>) -> Result<Sta
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn unsupported_metrics(State(st): State<AppState>, Path(id): Path<String>) -> ApiError {
-    match st.runtime.get_visible(&id) {
-        Err(e) => e.into(),
-        Ok(_) => ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "sandbox metrics are not supported by this firkin server yet",
-        ),
-    }
+/// One current sample (no history is kept yet): `[SandboxMetric]`.
+async fn sandbox_metrics(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<SandboxMetric>>, ApiError> {
+    let m = st.runtime.metrics(&id).await?;
+    let now = time::OffsetDateTime::now_utc();
+    Ok(Json(vec![SandboxMetric {
+        timestamp: firkin_core::timefmt::rfc3339(now),
+        timestamp_unix: now.unix_timestamp(),
+        cpu_count: m.cpu_count,
+        cpu_used_pct: m.cpu_used_pct,
+        mem_used: m.mem_used,
+        mem_total: m.mem_total,
+        mem_cache: m.mem_cache,
+        disk_used: m.disk_used,
+        disk_total: m.disk_total,
+    }]))
 }
 
 async fn unsupported_snapshots() -> ApiError {

@@ -56,6 +56,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Engine { .. }
             | RuntimeError::Network { .. }
             | RuntimeError::NotReady { .. }
+            | RuntimeError::Agent { .. }
             | RuntimeError::Persist(_)
             | RuntimeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -25,6 +25,8 @@ pub enum RuntimeError {
     Network { id: String, source: NetworkError },
     #[error("sandbox {id} did not become ready: {source}")]
     NotReady { id: String, source: AgentError },
+    #[error("sandbox {id}: {source}")]
+    Agent { id: String, source: AgentError },
     #[error("persisting sandbox state: {0}")]
     Persist(#[from] AtomicWriteError),
     #[error("internal: {0}")]

@@ -177,6 +177,25 @@ impl Runtime {
         })
     }
 
+    /// Current resource usage as measured inside the sandbox by its agent.
+    pub async fn metrics(
+        &self,
+        id: &str,
+    ) -> Result<crate::agent_client::AgentMetrics, RuntimeError> {
+        let rec = self.get_visible(id)?;
+        if rec.state != SandboxState::Running {
+            return Ok(crate::agent_client::AgentMetrics::default());
+        }
+        self.inner
+            .agent
+            .metrics(rec.agent_ip, &rec.access_token)
+            .await
+            .map_err(|source| RuntimeError::Agent {
+                id: id.to_owned(),
+                source,
+            })
+    }
+
     /// Pause is not implemented yet: answer honestly.
     pub async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
         self.get_visible(id)?;
