@@ -77,10 +77,17 @@ pub struct RuntimeConfig {
     pub ready_timeout: Duration,
     /// Domain reported in create responses (`null` when empty).
     pub domain: Option<String>,
+    /// Capacity the admission ledger hands out.
+    pub capacity: crate::admission::Resources,
+    /// Requests allowed to wait for capacity at once.
+    pub max_queue: usize,
+    /// Longest a create waits for capacity before a 503.
+    pub admission_wait: Duration,
 }
 
 impl RuntimeConfig {
     pub fn new(layout: Layout, agent_path: impl AsRef<Path>) -> RuntimeConfig {
+        let layout_state = layout.state_dir.clone();
         RuntimeConfig {
             layout,
             agent_path: agent_path.as_ref().to_owned(),
@@ -94,6 +101,9 @@ impl RuntimeConfig {
             disk_size_mb: 1024,
             ready_timeout: Duration::from_secs(20),
             domain: None,
+            capacity: crate::admission::host::host_capacity(&layout_state, 16),
+            max_queue: 64,
+            admission_wait: Duration::from_secs(30),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! needs goes through [`runtime::Runtime`]; the OS boundaries sit behind the [`engine::Engine`]
 //! and [`network::Network`] traits, each with an in-tree fake for unit tests.
 
+pub mod admission;
 pub mod agent_client;
 pub mod atomic;
 pub mod config;

@@ -35,6 +35,9 @@ pub struct SandboxRecord {
     pub net_slot: u32,
     /// Address at which the agent answers (inside the sandbox's namespace).
     pub agent_ip: std::net::Ipv4Addr,
+    /// Capacity reservation held in this server's ledger (not meaningful across restarts).
+    #[serde(skip)]
+    pub reservation: Option<u64>,
 }
 
 /// The action taken when a sandbox reaches `end_at`.

@@ -190,6 +190,27 @@ async fn metrics(State(st): State<AppState>) -> Response {
     for (state, n) in st.runtime.count_by_state() {
         text.push_str(&format!("firkin_sandboxes{{state=\"{state:?}\"}} {n}\n"));
     }
+    let a = st.runtime.admission_stats();
+    text.push_str("# HELP firkin_capacity Host capacity handed out by the admission ledger.\n# TYPE firkin_capacity gauge\n");
+    text.push_str("# HELP firkin_capacity_used Capacity currently reserved.\n# TYPE firkin_capacity_used gauge\n");
+    for (res, cap, used) in [
+        ("milli_cpu", a.capacity.milli_cpu, a.used.milli_cpu),
+        ("memory_mb", a.capacity.memory_mb, a.used.memory_mb),
+        ("disk_mb", a.capacity.disk_mb, a.used.disk_mb),
+    ] {
+        text.push_str(&format!("firkin_capacity{{resource=\"{res}\"}} {cap}\nfirkin_capacity_used{{resource=\"{res}\"}} {used}\n"));
+    }
+    text.push_str("# HELP firkin_reservations Capacity reservations by class.\n# TYPE firkin_reservations gauge\n");
+    for (class, n) in [("active", a.active), ("warm", a.warm), ("paused", a.paused)] {
+        text.push_str(&format!("firkin_reservations{{class=\"{class}\"}} {n}\n"));
+    }
+    text.push_str(&format!("# HELP firkin_admission_queue_depth Creates waiting for capacity.\n# TYPE firkin_admission_queue_depth gauge\nfirkin_admission_queue_depth {}\n", a.waiting));
+    text.push_str("# HELP firkin_admission_rejected_total Creates rejected by admission, by reason.\n# TYPE firkin_admission_rejected_total counter\n");
+    for (reason, n) in &a.rejected {
+        text.push_str(&format!(
+            "firkin_admission_rejected_total{{reason=\"{reason}\"}} {n}\n"
+        ));
+    }
     let mut headers = HeaderMap::new();
     headers.insert(
         "content-type",

@@ -2,6 +2,7 @@
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use firkin_core::admission::queue::AdmissionError;
 use firkin_core::runtime::RuntimeError;
 use firkin_core::template::TemplateError;
 use serde_json::json;
@@ -11,6 +12,10 @@ use serde_json::json;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// `Retry-After` seconds, for backpressure answers.
+    pub retry_after: Option<u32>,
+    /// `Should-Retry`, overriding the SDK's retry-by-status.
+    pub should_retry: Option<bool>,
 }
 
 impl ApiError {
@@ -18,6 +23,8 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            retry_after: None,
+            should_retry: None,
         }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -34,12 +41,37 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"code": self.status.as_u16(), "message": self.message});
-        (self.status, axum::Json(body)).into_response()
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from(s));
+        }
+        if let Some(r) = self.should_retry {
+            resp.headers_mut().insert(
+                "should-retry",
+                HeaderValue::from_static(if r { "true" } else { "false" }),
+            );
+        }
+        resp
     }
 }
 
 impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> ApiError {
+        if let RuntimeError::Admission(a) = &e {
+            let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            match a {
+                AdmissionError::TooLarge { .. } => {
+                    err.status = StatusCode::TOO_MANY_REQUESTS;
+                    err.should_retry = Some(false);
+                }
+                AdmissionError::QueueFull { .. } | AdmissionError::TimedOut { .. } => {
+                    err.retry_after = Some(1)
+                }
+            }
+            tracing::warn!(error = %e, "create rejected by admission");
+            return err;
+        }
         let status = match &e {
             RuntimeError::Template(TemplateError::NotFound(_)) => StatusCode::NOT_FOUND,
             RuntimeError::Template(TemplateError::RootfsMissing { .. }) => {
@@ -57,6 +89,7 @@ impl From<RuntimeError> for ApiError {
             | RuntimeError::Network { .. }
             | RuntimeError::NotReady { .. }
             | RuntimeError::Agent { .. }
+            | RuntimeError::Admission(_)
             | RuntimeError::Persist(_)
             | RuntimeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -87,7 +87,11 @@ impl RunscEngine {
         let log_err = log.try_clone().map_err(|e| e.to_string())?;
         let status = self
             .base_command(workaround)
-            .args(["--network=sandbox", "--net-disconnect-ok", "--overlay2=root:memory"])
+            .args([
+                "--network=sandbox",
+                "--net-disconnect-ok",
+                "--overlay2=root:memory",
+            ])
             .args(["run", "-detach", "--bundle"])
             .arg(spec.run_dir.join("bundle"))
             .arg(spec.id.as_str())

@@ -9,6 +9,7 @@ use firkin_wire::agent::{InitRequest, AGENT_PROTOCOL_VERSION};
 use time::OffsetDateTime;
 
 use super::{Runtime, RuntimeError};
+use crate::admission::{Class, Resources};
 use crate::engine::BootSpec;
 use crate::ids::{generate_secret, SandboxId};
 use crate::lifecycle::{LifecycleEvent, SandboxState};
@@ -73,10 +74,25 @@ impl Runtime {
         }
 
         let id = SandboxId::generate();
-        let slot = self.slots().take().ok_or(RuntimeError::Network {
-            id: id.to_string(),
-            source: crate::network::NetworkError::Exhausted(super::NET_SLOTS),
-        })?;
+        let want = Resources::new(cpu_count, memory_mb, cfg.disk_size_mb);
+        let grant = self
+            .inner
+            .admission
+            .reserve(want, Class::Active, cfg.admission_wait)
+            .await?;
+        if !grant.evicted.is_empty() {
+            tracing::info!(
+                evicted = grant.evicted.len(),
+                "evicted warm reservations for an active create"
+            );
+        }
+        let Some(slot) = self.slots().take() else {
+            let _ = self.inner.admission.release(grant.id);
+            return Err(RuntimeError::Network {
+                id: id.to_string(),
+                source: crate::network::NetworkError::Exhausted(super::NET_SLOTS),
+            });
+        };
         let now = OffsetDateTime::now_utc();
         let record = SandboxRecord {
             format: RECORD_FORMAT,
@@ -94,6 +110,7 @@ impl Runtime {
             on_timeout: req.on_timeout.unwrap_or(OnTimeout::Kill),
             net_slot: slot,
             agent_ip: std::net::Ipv4Addr::UNSPECIFIED,
+            reservation: Some(grant.id),
         };
         self.table().insert(id.clone(), record);
 
@@ -106,6 +123,7 @@ impl Runtime {
                 tracing::warn!(sandbox = %id, error = %e, "create failed; cleaning up");
                 self.teardown(&id, slot).await;
                 self.table().remove(&id);
+                let _ = self.inner.admission.release(grant.id);
                 let _ = std::fs::remove_file(self.inner.config.layout.sandbox_record(id.as_str()));
                 return Err(e);
             }

@@ -1,5 +1,6 @@
 //! Errors of runtime operations. The HTTP edge maps each variant to one status in one place.
 
+use crate::admission::queue::AdmissionError;
 use crate::agent_client::AgentError;
 use crate::atomic::AtomicWriteError;
 use crate::engine::EngineError;
@@ -11,6 +12,8 @@ use crate::template::TemplateError;
 pub enum RuntimeError {
     #[error(transparent)]
     Template(#[from] TemplateError),
+    #[error("capacity: {0}")]
+    Admission(#[from] AdmissionError),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     #[error("sandbox {0} not found")]

@@ -124,6 +124,7 @@ mod tests {
             on_timeout: OnTimeout::Kill,
             net_slot: 0,
             agent_ip: std::net::Ipv4Addr::LOCALHOST,
+            reservation: None,
         }
     }
 

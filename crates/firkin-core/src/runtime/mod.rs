@@ -19,6 +19,7 @@ pub use error::RuntimeError;
 pub use list::{ListQuery, Page};
 pub use ops::{ConnectOutcome, SandboxRoute};
 
+use crate::admission::queue::Admission;
 use crate::agent_client::AgentClient;
 use crate::config::RuntimeConfig;
 use crate::engine::Engine;
@@ -45,6 +46,7 @@ struct Inner {
     templates: TemplateCatalog,
     samples: Samples,
     agent: AgentClient,
+    admission: Admission,
     table: Mutex<BTreeMap<SandboxId, SandboxRecord>>,
     slots: Mutex<SlotAllocator>,
     /// Teardowns still running in the background (awaited at shutdown).
@@ -58,6 +60,7 @@ impl Runtime {
         network: Arc<dyn Network>,
     ) -> Runtime {
         let templates = TemplateCatalog::new(config.layout.clone());
+        let admission = Admission::new(config.capacity, config.max_queue);
         Runtime {
             inner: Arc::new(Inner {
                 config,
@@ -66,6 +69,7 @@ impl Runtime {
                 templates,
                 samples: Samples::default(),
                 agent: AgentClient::new(),
+                admission,
                 table: Mutex::new(BTreeMap::new()),
                 slots: Mutex::new(SlotAllocator::new(NET_SLOTS)),
                 teardowns: Mutex::new(Vec::new()),
@@ -79,6 +83,11 @@ impl Runtime {
 
     pub fn samples(&self) -> &Samples {
         &self.inner.samples
+    }
+
+    /// Capacity ledger view for gauges.
+    pub fn admission_stats(&self) -> crate::admission::queue::AdmissionStats {
+        self.inner.admission.stats()
     }
 
     pub fn engine_description(&self) -> String {

@@ -96,9 +96,10 @@ impl Runtime {
     /// Kills a sandbox: it is unreachable when this returns; the engine teardown (runsc delete
     /// takes about a second) finishes in the background and is awaited at shutdown.
     pub async fn kill(&self, id: &str) -> Result<(), RuntimeError> {
-        let (id, slot, started) = self.begin_kill(id)?;
+        let (id, slot, reservation, started) = self.begin_kill(id)?;
         let rt = self.clone();
-        let handle = tokio::spawn(async move { rt.finish_kill(id, slot, started).await });
+        let handle =
+            tokio::spawn(async move { rt.finish_kill(id, slot, reservation, started).await });
         let mut pending = self
             .inner
             .teardowns
@@ -111,12 +112,12 @@ impl Runtime {
 
     /// Kills a sandbox and waits until everything it held is released.
     pub async fn kill_and_wait(&self, id: &str) -> Result<(), RuntimeError> {
-        let (id, slot, started) = self.begin_kill(id)?;
-        self.finish_kill(id, slot, started).await;
+        let (id, slot, reservation, started) = self.begin_kill(id)?;
+        self.finish_kill(id, slot, reservation, started).await;
         Ok(())
     }
 
-    fn begin_kill(&self, id: &str) -> Result<(SandboxId, u32, Instant), RuntimeError> {
+    fn begin_kill(&self, id: &str) -> Result<(SandboxId, u32, Option<u64>, Instant), RuntimeError> {
         let id = Self::parse_id(id)?;
         let started = Instant::now();
         let rec = self
@@ -129,11 +130,22 @@ impl Runtime {
         self.table().remove(&id);
         let _ = std::fs::remove_file(self.inner.config.layout.sandbox_record(id.as_str()));
         tracing::info!(sandbox = %id, "sandbox killed");
-        Ok((id, rec.net_slot, started))
+        Ok((id, rec.net_slot, rec.reservation, started))
     }
 
-    async fn finish_kill(&self, id: SandboxId, slot: u32, started: Instant) {
+    async fn finish_kill(
+        &self,
+        id: SandboxId,
+        slot: u32,
+        reservation: Option<u64>,
+        started: Instant,
+    ) {
         self.teardown(&id, slot).await;
+        if let Some(r) = reservation {
+            if let Err(e) = self.inner.admission.release(r) {
+                tracing::error!(sandbox = %id, error = %e, "capacity release failed");
+            }
+        }
         self.inner
             .samples
             .record(SampleName::KillDelete, started.elapsed());

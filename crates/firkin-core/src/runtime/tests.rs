@@ -53,6 +53,11 @@ async fn create_persists_and_kill_releases_everything() {
     assert!(!rt.config().layout.sandbox_record(rec.id.as_str()).exists());
     assert!(engine.list().unwrap().is_empty());
     assert_eq!(rt.slots().in_use(), 0);
+    assert_eq!(
+        rt.admission_stats().used,
+        crate::admission::Resources::default(),
+        "ledger back to zero"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -66,6 +71,11 @@ async fn failed_boot_leaves_nothing_behind() {
     assert_eq!(rt.sandbox_count(), 0);
     assert_eq!(rt.slots().in_use(), 0);
     assert!(engine.list().unwrap().is_empty());
+    assert_eq!(
+        rt.admission_stats().used,
+        crate::admission::Resources::default(),
+        "reservation released"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -76,6 +86,10 @@ async fn unready_agent_fails_create_and_cleans_up() {
     let err = rt.create(req()).await.unwrap_err();
     assert!(matches!(err, RuntimeError::NotReady { .. }), "{err}");
     assert_eq!(rt.sandbox_count(), 0);
+    assert_eq!(
+        rt.admission_stats().used,
+        crate::admission::Resources::default()
+    );
     assert!(engine.list().unwrap().is_empty());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -128,5 +142,42 @@ async fn timeouts_extend_and_expire() {
     assert!(rt.expired(time::OffsetDateTime::now_utc()).is_empty());
     rt.kill_all().await;
     assert_eq!(rt.sandbox_count(), 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn oversized_create_is_rejected_by_admission() {
+    let dir = std::env::temp_dir().join(format!("firkin-rt-test-{}-small", std::process::id()));
+    let layout = Layout {
+        state_dir: dir.join("state"),
+        cache_dir: dir.join("cache"),
+    };
+    std::fs::create_dir_all(layout.rootfs_dir(crate::template::BASE_ROOTFS).join("bin")).unwrap();
+    let mut cfg = RuntimeConfig::new(layout, "/nonexistent/agent");
+    cfg.capacity = crate::admission::Resources::new(1, 256, 10_000);
+    let net = Arc::new(FakeNetwork {
+        base: Ipv4Addr::new(127, 201, 7, 0),
+    });
+    let rt = Runtime::new(cfg, Arc::new(FakeEngine::default()), net);
+    let err = rt
+        .create(CreateSandbox {
+            memory_mb: Some(512),
+            cpu_count: Some(1),
+            ..req()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RuntimeError::Admission(crate::admission::queue::AdmissionError::TooLarge { .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(rt.sandbox_count(), 0);
+    assert_eq!(
+        rt.admission_stats().used,
+        crate::admission::Resources::default()
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
