@@ -48,7 +48,7 @@ impl HostArgs {
         let mut config = RuntimeConfig::new(layout.clone(), self.agent_path()?);
         config.runsc_path = self.runsc.clone();
         let engine = Arc::new(RunscEngine::new(self.runsc.clone(), layout.runsc_root()));
-        let network = Arc::new(NetnsNetwork::new(self.subnet_base));
+        let network = Arc::new(NetnsNetwork::new(self.subnet_base, &layout.state_dir));
         Ok(Runtime::new(config, engine, network))
     }
 }

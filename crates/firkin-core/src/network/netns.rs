@@ -9,26 +9,40 @@ use super::slots::slot_addrs;
 use super::{NetAttachment, Network, NetworkError};
 use crate::ids::SandboxId;
 
-/// Prefix of every namespace and interface firkin creates.
-pub const NETNS_PREFIX: &str = "firkin-";
+/// Prefix of every namespace firkin creates: `fk-<owner>-<sandbox id>`.
+pub const NETNS_PREFIX: &str = "fk-";
 
 /// iproute2-backed network.
+///
+/// Several firkin instances (say a server and a bench) may share a host: namespaces carry an
+/// owner tag derived from the instance's state directory, so each reconciles only its own, and
+/// veth names derive from the (random) sandbox id, not from the per-instance slot.
 #[derive(Debug)]
 pub struct NetnsNetwork {
     base: Ipv4Addr,
+    owner: String,
 }
 
 impl NetnsNetwork {
-    /// `base` is the start of the /16-ish range carved into /30 slots.
-    pub fn new(base: Ipv4Addr) -> NetnsNetwork {
-        NetnsNetwork { base }
+    /// `base` is the start of the /16 range carved into /30 slots; `state_dir` names the owner.
+    pub fn new(base: Ipv4Addr, state_dir: &std::path::Path) -> NetnsNetwork {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+        let owner: String = digest.iter().take(3).map(|b| format!("{b:02x}")).collect();
+        NetnsNetwork { base, owner }
     }
 
-    fn names(id: &SandboxId, slot: u32) -> (String, String, String) {
+    fn ns_prefix(&self) -> String {
+        format!("{NETNS_PREFIX}{}-", self.owner)
+    }
+
+    fn names(&self, id: &SandboxId) -> (String, String, String) {
+        // Interface names are at most 15 bytes: "fh" / "fs" + 13 chars of the id.
+        let short: String = id.as_str().chars().take(13).collect();
         (
-            format!("{NETNS_PREFIX}{id}"),
-            format!("fkh{slot}"),
-            format!("fks{slot}"),
+            format!("{}{id}", self.ns_prefix()),
+            format!("fh{short}"),
+            format!("fs{short}"),
         )
     }
 
@@ -59,7 +73,7 @@ impl NetnsNetwork {
 
 impl Network for NetnsNetwork {
     fn attach(&self, id: &SandboxId, slot: u32) -> Result<NetAttachment, NetworkError> {
-        let (ns, host_if, sbx_if) = Self::names(id, slot);
+        let (ns, host_if, sbx_if) = self.names(id);
         let (host_ip, sandbox_ip) = slot_addrs(self.base, slot);
         // Clear leftovers of a crashed earlier owner of this slot.
         let _ = Self::ip(id, "cleanup", &["link", "del", &host_if]);
@@ -102,8 +116,8 @@ impl Network for NetnsNetwork {
         })
     }
 
-    fn detach(&self, id: &SandboxId, slot: u32) -> Result<(), NetworkError> {
-        let (ns, host_if, _) = Self::names(id, slot);
+    fn detach(&self, id: &SandboxId, _slot: u32) -> Result<(), NetworkError> {
+        let (ns, host_if, _) = self.names(id);
         let _ = Self::ip(id, "veth del", &["link", "del", &host_if]);
         if PathBuf::from(format!("/var/run/netns/{ns}")).exists() {
             Self::ip(id, "netns del", &["netns", "del", &ns])?;
@@ -116,7 +130,7 @@ impl Network for NetnsNetwork {
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
                     .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|n| n.starts_with(NETNS_PREFIX))
+                    .filter(|n| n.starts_with(&self.ns_prefix()))
                     .collect()
             })
             .unwrap_or_default()
