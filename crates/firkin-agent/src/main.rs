@@ -1,2 +1,57 @@
-//! `firkin-agent`: runs as PID 1 inside every firkin sandbox and serves envd.
-fn main() {}
+//! `firkin-agent`: runs as PID 1 inside every firkin sandbox and serves envd (Connect RPC
+//! `process.Process` / `filesystem.Filesystem`, `/files`, `/health`, `/envs`, `/metrics`)
+//! plus the host-only `/init`.
+
+mod app;
+mod auth;
+mod connect;
+mod files;
+mod filesystem;
+mod http_error;
+mod init;
+mod json;
+mod metrics;
+mod paths;
+mod process;
+mod reaper;
+mod rpc;
+mod user;
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// Command line of the agent.
+#[derive(Debug, Parser)]
+#[command(name = "firkin-agent", version, about)]
+struct Args {
+    /// Address to serve envd on.
+    #[arg(long, env = "FIRKIN_AGENT_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], firkin_wire::agent::ENVD_PORT)))]
+    listen: SocketAddr,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("FIRKIN_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let reaper = reaper::Reaper::new();
+    tokio::spawn(reaper.clone().run());
+    let app = app::router(app::AppState::new(reaper));
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    tracing::info!(addr = %args.listen, pid = std::process::id(), "firkin-agent listening");
+    axum::serve(listener, app).await?;
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! The agent's sandbox-wide configuration, set by the host through `POST /init`
+//! (access token, env vars, default user and workdir), and the `/init` and `/envs` routes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use firkin_wire::agent::{
+    InitRequest, InitResponse, AGENT_PROTOCOL_HEADER, AGENT_PROTOCOL_VERSION, ENVD_VERSION,
+};
+
+use crate::auth;
+use crate::http_error::json_error;
+use crate::user::SandboxUser;
+
+/// The user processes run as when the host names none.
+pub const FALLBACK_DEFAULT_USER: &str = "user";
+
+/// Configuration in force after a successful `/init`.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub sandbox_id: String,
+    /// Empty means "no token required" (matches envd without a token).
+    pub access_token: String,
+    pub env_vars: BTreeMap<String, String>,
+    pub default_user: String,
+    pub default_workdir: PathBuf,
+}
+
+impl AgentConfig {
+    /// Default working directory for `user`: the configured one for the default user, else
+    /// the user's home.
+    pub fn workdir_for(&self, user: &SandboxUser) -> PathBuf {
+        if user.name == self.default_user {
+            self.default_workdir.clone()
+        } else {
+            user.home.clone()
+        }
+    }
+}
+
+/// Holder of the (possibly not yet set) configuration.
+#[derive(Debug, Default)]
+pub struct ConfigCell {
+    inner: RwLock<Option<Arc<AgentConfig>>>,
+}
+
+impl ConfigCell {
+    pub fn get(&self) -> Option<Arc<AgentConfig>> {
+        match self.inner.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set(&self, config: AgentConfig) {
+        let mut guard = match self.inner.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = Some(Arc::new(config));
+    }
+}
+
+/// Why an init request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("init: default user '{0}' does not exist")]
+    UnknownUser(String),
+}
+
+fn build_config(req: InitRequest) -> Result<AgentConfig, InitError> {
+    let user = match &req.default_user {
+        Some(name) if !name.is_empty() => {
+            SandboxUser::lookup(name).map_err(|_| InitError::UnknownUser(name.clone()))?
+        }
+        // The conventional `user` may be missing in custom images; fall back to root then.
+        _ => SandboxUser::lookup(FALLBACK_DEFAULT_USER)
+            .or_else(|_| SandboxUser::lookup("root"))
+            .map_err(|_| InitError::UnknownUser(FALLBACK_DEFAULT_USER.into()))?,
+    };
+    let default_workdir = match req.default_workdir {
+        Some(dir) if !dir.is_empty() => crate::paths::resolve(&dir, &user.home),
+        _ => user.home.clone(),
+    };
+    Ok(AgentConfig {
+        sandbox_id: req.sandbox_id,
+        access_token: req.access_token,
+        env_vars: req.env_vars,
+        default_user: user.name,
+        default_workdir,
+    })
+}
+
+fn protocol_header() -> (&'static str, HeaderValue) {
+    (
+        AGENT_PROTOCOL_HEADER,
+        HeaderValue::from(AGENT_PROTOCOL_VERSION),
+    )
+}
+
+/// `GET /health`: 204 always, with the agent protocol header.
+pub async fn health() -> Response {
+    (StatusCode::NO_CONTENT, [protocol_header()]).into_response()
+}
+
+/// `POST /init`.
+pub async fn init(
+    State(cell): State<Arc<ConfigCell>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(current) = cell.get() {
+        if !auth::token_matches(&headers, &current.access_token) {
+            return auth::unauthorized();
+        }
+    }
+    let req: InitRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("init: invalid body: {e}")),
+    };
+    match build_config(req) {
+        Ok(config) => {
+            tracing::info!(
+                sandbox = %config.sandbox_id,
+                user = %config.default_user,
+                workdir = %config.default_workdir.display(),
+                "initialised"
+            );
+            cell.set(config);
+            let resp = InitResponse {
+                protocol: AGENT_PROTOCOL_VERSION,
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                envd_version: ENVD_VERSION.to_string(),
+            };
+            (StatusCode::OK, [protocol_header()], Json(resp)).into_response()
+        }
+        Err(e) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+/// `GET /envs`: the sandbox-wide env vars.
+pub async fn envs(State(cell): State<Arc<ConfigCell>>) -> Response {
+    let vars = cell.get().map(|c| c.env_vars.clone()).unwrap_or_default();
+    Json(vars).into_response()
+}

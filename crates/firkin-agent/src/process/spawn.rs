@@ -1,0 +1,193 @@
+//! Building and forking a child: clean environment composition, working directory, user
+//! switch (uid, gid, supplementary groups), own process group or pty session, and stdio.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::unistd::{Gid, Uid};
+
+use super::pty;
+use crate::reaper::{ExitReceiver, Reaper};
+use crate::user::SandboxUser;
+
+/// `PATH` every process starts with.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Composes a process environment: base variables of `user`, then the sandbox-wide variables,
+/// then the request's; later entries win.
+pub fn compose_env(
+    user: &SandboxUser,
+    sandbox: &BTreeMap<String, String>,
+    request: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert("PATH".to_string(), DEFAULT_PATH.to_string());
+    env.insert("HOME".to_string(), user.home.display().to_string());
+    env.insert("USER".to_string(), user.name.clone());
+    env.insert("LOGNAME".to_string(), user.name.clone());
+    env.insert("SHELL".to_string(), "/bin/bash".to_string());
+    env.extend(sandbox.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(request.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
+}
+
+/// Everything needed to fork one process.
+pub struct SpawnSpec<'a> {
+    pub cmd: &'a str,
+    pub args: &'a [String],
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+    pub user: &'a SandboxUser,
+    pub stdin: bool,
+    /// `(cols, rows)` when a pty is requested.
+    pub pty: Option<(u32, u32)>,
+}
+
+/// The parent's ends of a freshly spawned child.
+pub struct Spawned {
+    pub pid: u32,
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+    pub pty_master: Option<OwnedFd>,
+    pub exit: ExitReceiver,
+}
+
+/// Identity the child switches to, prepared in the parent.
+#[derive(Clone)]
+struct Credentials {
+    uid: Uid,
+    gid: Gid,
+    groups: Vec<Gid>,
+}
+
+impl Credentials {
+    /// Only root can switch users; when the agent is not root (host tests), keep ours.
+    fn for_user(user: &SandboxUser) -> Option<Self> {
+        if !nix::unistd::geteuid().is_root() {
+            return None;
+        }
+        Some(Credentials {
+            uid: user.uid,
+            gid: user.gid,
+            groups: user.groups(),
+        })
+    }
+
+    /// Async-signal-safe: only raw syscalls, no allocation.
+    fn apply(&self) -> io::Result<()> {
+        nix::unistd::setgroups(&self.groups).map_err(io::Error::from)?;
+        nix::unistd::setgid(self.gid).map_err(io::Error::from)?;
+        nix::unistd::setuid(self.uid).map_err(io::Error::from)?;
+        Ok(())
+    }
+}
+
+fn build_command(spec: &SpawnSpec<'_>) -> Command {
+    let mut command = Command::new(spec.cmd);
+    command
+        .args(spec.args)
+        .env_clear()
+        .envs(&spec.env)
+        .current_dir(&spec.cwd);
+    command
+}
+
+/// Forks the process described by `spec`, registering it with `reaper`.
+pub fn spawn(reaper: &Reaper, spec: &SpawnSpec<'_>) -> io::Result<Spawned> {
+    let creds = Credentials::for_user(spec.user);
+    let mut command = build_command(spec);
+    let (pid, (stdin, stdout, stderr, pty_master), exit) = reaper.spawn(|| match spec.pty {
+        Some((cols, rows)) => {
+            // Opened under the reaper's spawn lock so no concurrent fork inherits the slave.
+            let pair = pty::open(cols, rows)?;
+            command
+                .stdin(Stdio::from(pair.slave.try_clone()?))
+                .stdout(Stdio::from(pair.slave.try_clone()?))
+                .stderr(Stdio::from(pair.slave));
+            let creds = creds.clone();
+            // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+            // syscalls (setsid, ioctl, setgroups, setgid, setuid) without allocating.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::unistd::setsid().map_err(io::Error::from)?;
+                    pty::make_controlling_terminal()?;
+                    if let Some(c) = &creds {
+                        c.apply()?;
+                    }
+                    Ok(())
+                });
+            }
+            let child = command.spawn()?;
+            Ok((child.id(), (None, None, None, Some(pair.master))))
+        }
+        None => {
+            command
+                .stdin(if spec.stdin {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0);
+            let creds = creds.clone();
+            // SAFETY: as above; only setgroups/setgid/setuid, which are async-signal-safe.
+            unsafe {
+                command.pre_exec(move || match &creds {
+                    Some(c) => c.apply(),
+                    None => Ok(()),
+                });
+            }
+            let mut child = command.spawn()?;
+            let stdin = child.stdin.take().map(OwnedFd::from);
+            let stdout = child.stdout.take().map(OwnedFd::from);
+            let stderr = child.stderr.take().map(OwnedFd::from);
+            Ok((child.id(), (stdin, stdout, stderr, None)))
+        }
+    })?;
+    Ok(Spawned {
+        pid,
+        stdin,
+        stdout,
+        stderr,
+        pty_master,
+        exit,
+    })
+}
+
+/// Whether `path` is an existing directory.
+pub fn is_dir(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_layers_later_wins() {
+        let user = SandboxUser {
+            name: "user".into(),
+            uid: Uid::from_raw(1000),
+            gid: Gid::from_raw(1000),
+            home: PathBuf::from("/home/user"),
+        };
+        let sandbox = BTreeMap::from([
+            ("A".to_string(), "sandbox".to_string()),
+            ("HOME".to_string(), "/override".to_string()),
+        ]);
+        let request = BTreeMap::from([("A".to_string(), "request".to_string())]);
+        let env = compose_env(&user, &sandbox, &request);
+        assert_eq!(env["PATH"], DEFAULT_PATH);
+        assert_eq!(env["USER"], "user");
+        assert_eq!(env["LOGNAME"], "user");
+        assert_eq!(env["SHELL"], "/bin/bash");
+        assert_eq!(env["HOME"], "/override");
+        assert_eq!(env["A"], "request");
+    }
+}

@@ -1,0 +1,303 @@
+//! Connect RPC dispatch: decodes requests of `process.Process` and `filesystem.Filesystem`
+//! according to each method's kind (unary, server-streaming, client-streaming), calls the
+//! services and encodes their answers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+
+use crate::app::AppState;
+use crate::auth::{self, RequestUserError};
+use crate::connect::{
+    self, unary_response, Code, ConnectError, EnvelopeDecoder, FramingError, UNARY_CONTENT_TYPE,
+};
+use crate::filesystem::{self, watch};
+use crate::init::AgentConfig;
+use crate::process;
+use crate::user::SandboxUser;
+
+/// Largest unary request body accepted.
+const MAX_UNARY_BODY: usize = 64 << 20;
+/// Default `Keepalive-Ping-Interval` in seconds.
+const DEFAULT_KEEPALIVE_SECS: u64 = 50;
+
+/// Per-call data taken from the request headers and the agent configuration.
+pub struct CallContext {
+    pub config: Arc<AgentConfig>,
+    headers: HeaderMap,
+}
+
+impl CallContext {
+    /// The user the call runs as.
+    pub fn user(&self) -> Result<SandboxUser, RequestUserError> {
+        auth::request_user(&self.headers, &self.config.default_user)
+    }
+
+    /// Silence after which a stream sends a keepalive message.
+    pub fn keepalive(&self) -> Duration {
+        let secs = self
+            .headers
+            .get("keepalive-ping-interval")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|s| *s > 0)
+            .unwrap_or(DEFAULT_KEEPALIVE_SECS);
+        Duration::from_secs(secs)
+    }
+
+    /// The `Connect-Timeout-Ms` deadline, if any.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.headers
+            .get("connect-timeout-ms")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis)
+    }
+}
+
+fn bad_request(what: impl std::fmt::Display) -> ConnectError {
+    ConnectError::new(Code::InvalidArgument, format!("invalid request: {what}"))
+}
+
+fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ConnectError> {
+    let payload: &[u8] = if payload.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        payload
+    };
+    serde_json::from_slice(payload).map_err(bad_request)
+}
+
+async fn unary_body<T: DeserializeOwned>(body: Body) -> Result<T, ConnectError> {
+    let bytes = axum::body::to_bytes(body, MAX_UNARY_BODY)
+        .await
+        .map_err(bad_request)?;
+    decode(&bytes)
+}
+
+/// Reads the single message of a server-streaming request (enveloped; a bare JSON body from a
+/// non-Connect client is tolerated).
+async fn stream_request<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ConnectError> {
+    let bytes = axum::body::to_bytes(body, MAX_UNARY_BODY)
+        .await
+        .map_err(bad_request)?;
+    let is_plain_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with(UNARY_CONTENT_TYPE));
+    if is_plain_json {
+        return decode(&bytes);
+    }
+    let mut decoder = EnvelopeDecoder::default();
+    decoder.push(&bytes);
+    let envelope = decoder
+        .next_envelope()?
+        .ok_or(FramingError::Truncated(bytes.len()))?;
+    decode(&envelope.payload)
+}
+
+fn unimplemented(service: &str, method: &str) -> ConnectError {
+    ConnectError::new(
+        Code::Unimplemented,
+        format!("{service}/{method} is not implemented"),
+    )
+}
+
+fn context(state: &AppState, headers: HeaderMap) -> Result<CallContext, ConnectError> {
+    let config = state
+        .config
+        .get()
+        .ok_or_else(|| ConnectError::new(Code::Unavailable, "agent not initialised"))?;
+    Ok(CallContext { config, headers })
+}
+
+/// `POST /process.Process/{method}`.
+pub async fn process_rpc(
+    State(state): State<AppState>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let ctx = match context(&state, headers) {
+        Ok(c) => c,
+        Err(e) => return connect::unary_error(&e),
+    };
+    let svc = &state.processes;
+    match method.as_str() {
+        "Start" => {
+            let req = match stream_request(&ctx.headers, body).await {
+                Ok(r) => r,
+                Err(e) => return connect::stream_error(e),
+            };
+            match svc.start(&ctx, req) {
+                Ok((entry, sub)) => {
+                    let (writer, response) = connect::stream_response();
+                    tokio::spawn(process::stream_events(writer, entry, sub, ctx.keepalive()));
+                    response
+                }
+                Err(e) => connect::stream_error(e.into()),
+            }
+        }
+        "Connect" => {
+            let req = match stream_request(&ctx.headers, body).await {
+                Ok(r) => r,
+                Err(e) => return connect::stream_error(e),
+            };
+            match svc.connect(req) {
+                Ok((entry, sub)) => {
+                    let (writer, response) = connect::stream_response();
+                    tokio::spawn(process::stream_events(writer, entry, sub, ctx.keepalive()));
+                    response
+                }
+                Err(e) => connect::stream_error(e.into()),
+            }
+        }
+        "StreamInput" => stream_input(svc.clone(), body).await,
+        "List" => match unary_body::<serde_json::Value>(body).await {
+            Ok(_) => connect::unary_ok(&svc.list()),
+            Err(e) => connect::unary_error(&e),
+        },
+        "SendInput" => match unary_body(body).await {
+            Ok(req) => unary_response(svc.send_input(req).await.map_err(ConnectError::from)),
+            Err(e) => connect::unary_error(&e),
+        },
+        "SendSignal" => match unary_body(body).await {
+            Ok(req) => unary_response(svc.send_signal(req).map_err(ConnectError::from)),
+            Err(e) => connect::unary_error(&e),
+        },
+        "CloseStdin" => match unary_body(body).await {
+            Ok(req) => unary_response(svc.close_stdin(req).await.map_err(ConnectError::from)),
+            Err(e) => connect::unary_error(&e),
+        },
+        "Update" => match unary_body(body).await {
+            Ok(req) => unary_response(svc.update(req).map_err(ConnectError::from)),
+            Err(e) => connect::unary_error(&e),
+        },
+        other => connect::unary_error(&unimplemented("process.Process", other)),
+    }
+}
+
+/// `StreamInput`: consumes envelopes as they arrive, writing each input in order.
+async fn stream_input(svc: Arc<process::ProcessService>, body: Body) -> Response {
+    let mut decoder = EnvelopeDecoder::default();
+    let mut target = None;
+    let mut stream = body.into_data_stream();
+    let result: Result<(), ConnectError> = async {
+        'read: while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(bad_request)?;
+            decoder.push(&chunk);
+            while let Some(envelope) = decoder.next_envelope()? {
+                if envelope.is_end_stream() {
+                    break 'read;
+                }
+                let msg = decode(&envelope.payload)?;
+                svc.stream_input_message(&mut target, msg).await?;
+            }
+        }
+        decoder.finish()?;
+        Ok(())
+    }
+    .await;
+    let (writer, response) = connect::stream_response();
+    tokio::spawn(async move {
+        match result {
+            Ok(()) => {
+                if writer.send(&serde_json::json!({})).await {
+                    writer.finish(Ok(())).await;
+                }
+            }
+            Err(e) => writer.finish(Err(e)).await,
+        }
+    });
+    response
+}
+
+/// `POST /filesystem.Filesystem/{method}`.
+pub async fn filesystem_rpc(
+    State(state): State<AppState>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let ctx = match context(&state, headers) {
+        Ok(c) => c,
+        Err(e) => return connect::unary_error(&e),
+    };
+    let svc = &state.filesystem;
+    if method == "WatchDir" {
+        let result = async {
+            let req: filesystem::WatchRequest = stream_request(&ctx.headers, body).await?;
+            let user = ctx.user().map_err(filesystem::FsError::from)?;
+            Ok::<_, ConnectError>(svc.watch(&user, &req)?)
+        }
+        .await;
+        return match result {
+            Ok(w) => {
+                let (writer, response) = connect::stream_response();
+                tokio::spawn(watch::stream(writer, w, ctx.keepalive()));
+                response
+            }
+            Err(e) => connect::stream_error(e),
+        };
+    }
+    let user = match ctx.user() {
+        Ok(u) => u,
+        Err(e) => return connect::unary_error(&filesystem::FsError::from(e).into()),
+    };
+    let svc = svc.clone();
+    let result: Result<serde_json::Value, ConnectError> = async {
+        // Decode asynchronously, then do the (blocking) filesystem work off the reactor.
+        let call: Box<dyn FnOnce() -> Result<serde_json::Value, filesystem::FsError> + Send> =
+            match method.as_str() {
+                "Stat" => {
+                    let req = unary_body(body).await?;
+                    Box::new(move || svc.stat(&user, req))
+                }
+                "MakeDir" => {
+                    let req = unary_body(body).await?;
+                    Box::new(move || svc.make_dir(&user, req))
+                }
+                "Move" => {
+                    let req = unary_body(body).await?;
+                    Box::new(move || svc.move_entry(&user, req))
+                }
+                "ListDir" => {
+                    let req = unary_body(body).await?;
+                    Box::new(move || svc.list_dir(&user, req))
+                }
+                "Remove" => {
+                    let req = unary_body(body).await?;
+                    Box::new(move || svc.remove(&user, req))
+                }
+                "CreateWatcher" => {
+                    let req = unary_body(body).await?;
+                    Box::new(move || svc.create_watcher(&user, req))
+                }
+                "GetWatcherEvents" => {
+                    let req = unary_body(body).await?;
+                    Box::new(move || svc.get_watcher_events(req))
+                }
+                "RemoveWatcher" => {
+                    let req = unary_body(body).await?;
+                    Box::new(move || svc.remove_watcher(req))
+                }
+                other => return Err(unimplemented("filesystem.Filesystem", other)),
+            };
+        tokio::task::spawn_blocking(call)
+            .await
+            .map_err(|e| ConnectError::new(Code::Internal, format!("filesystem task failed: {e}")))?
+            .map_err(ConnectError::from)
+    }
+    .await;
+    unary_response(result)
+}
