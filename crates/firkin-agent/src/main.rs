@@ -1,6 +1,15 @@
 //! `firkin-agent`: runs as PID 1 inside every firkin sandbox and serves envd (Connect RPC
 //! `process.Process` / `filesystem.Filesystem`, `/files`, `/health`, `/envs`, `/metrics`)
 //! plus the host-only `/init`.
+//!
+//! Layout: `app` (routes, shared state), `auth` (token gate, Basic-auth user), `init`
+//! (`/init`, `/health`, `/envs`, sandbox config), `connect` (Connect framing and error codes),
+//! `json` (proto3 JSON value rules), `rpc` (method dispatch), `process/*` (spawn, pty, registry,
+//! exit mapping), `filesystem/*` (EntryInfo, xattrs, watchers), `files` (`/files`), `metrics`,
+//! `reaper` (the single `waitpid` owner, see its docs for the PID-1 design), `user`, `paths`.
+//!
+//! Run on a host for testing (as root, so user switching works):
+//! `firkin-agent --listen 127.0.0.1:53983`, then `POST /init` with an `InitRequest`.
 
 mod app;
 mod auth;
