@@ -42,20 +42,28 @@ pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiErro
     Ok(q)
 }
 
-/// `metadata` arrives (after one URL decode) as `k=v&k2=v2` with each key and value
-/// percent-quoted once more by the SDK.
+/// `metadata` arrives (after the framework's one URL decode) as a query string `k=v&k2=v2`
+/// whose keys and values the SDK percent-quoted before form-encoding them: so each key and
+/// value is form-decoded, then percent-decoded once more.
 pub fn decode_metadata(raw: &str) -> Result<BTreeMap<String, String>, ApiError> {
     let mut out = BTreeMap::new();
     for pair in raw.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let dec = |s: &str| {
-            urlencoding::decode(s).map(|c| c.into_owned()).map_err(|_| {
-                ApiError::bad_request(format!("metadata filter is not valid UTF-8: {s:?}"))
-            })
-        };
-        out.insert(dec(k)?, dec(v)?);
+        out.insert(decode_component(k)?, decode_component(v)?);
     }
     Ok(out)
+}
+
+fn decode_component(s: &str) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::bad_request(format!(
+            "metadata filter is not valid percent-encoded UTF-8: {s:?}"
+        ))
+    };
+    let plus_as_space = s.replace('+', " ");
+    let form = urlencoding::decode(&plus_as_space).map_err(|_| bad())?;
+    let quoted = urlencoding::decode(&form).map_err(|_| bad())?;
+    Ok(quoted.into_owned())
 }
 
 #[cfg(test)]
@@ -63,10 +71,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn metadata_is_decoded_twice() {
-        // "a%252520b%3Dc%252Fd" arrives after axum's decode as "a%2520b=c%252Fd"? No: the SDK
-        // double-encodes, the HTTP layer removes one level: we see "a%20b=c%2Fd".
-        let m = decode_metadata("a%20b=c%2Fd&k=v").unwrap();
+    fn metadata_is_decoded_like_the_sdk_encodes_it() {
+        // The SDK sends {"a b":"c/d"} as `metadata=a%252520b%3Dc%252Fd`; after the framework's
+        // query decode this function sees "a%2520b=c%2Fd".
+        let m = decode_metadata("a%2520b=c%2Fd&k=v").unwrap();
         assert_eq!(m.get("a b").map(String::as_str), Some("c/d"));
         assert_eq!(m.get("k").map(String::as_str), Some("v"));
     }

@@ -1,0 +1,49 @@
+"""SDK-compatibility suite: the real PyPI `e2b` SDK against a real firkin server.
+
+The server URL and key come from the environment (E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY),
+exactly as a user would configure the unmodified SDK; scripts/test.sh sets them.
+"""
+
+import os
+import uuid
+
+import httpx
+import pytest
+from e2b import Sandbox
+
+API_URL = os.environ.get("E2B_API_URL", "http://127.0.0.1:3000")
+API_KEY = os.environ.get("E2B_API_KEY", "")
+
+
+@pytest.fixture
+def sandbox():
+    sbx = Sandbox.create(timeout=120)
+    yield sbx
+    try:
+        sbx.kill()
+    except Exception:
+        pass
+
+
+@pytest.fixture
+def tag():
+    """A unique metadata value, so concurrent or earlier sandboxes never match a filter."""
+    return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def api():
+    """A plain HTTP client for what the SDK cannot produce (bad input, raw statuses)."""
+    with httpx.Client(base_url=API_URL, timeout=30) as client:
+        yield client
+
+
+def auth_headers(key=None):
+    return {"X-API-KEY": API_KEY if key is None else key}
+
+
+def sandbox_headers(sbx, port=49983, token=True):
+    h = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": str(port)}
+    if token:
+        h["X-Access-Token"] = sbx._envd_access_token
+    return h
