@@ -33,6 +33,27 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
+    fn checkpoint(&self, id: &SandboxId, image_dir: &std::path::Path, leave_running: bool) -> Result<(), EngineError> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if !running.contains(id.as_str()) {
+            return Err(EngineError::Runsc { id: id.clone(), op: "checkpoint", detail: "not running".into() });
+        }
+        std::fs::create_dir_all(image_dir).map_err(|source| EngineError::Bundle { id: id.clone(), source })?;
+        std::fs::write(image_dir.join("checkpoint.img"), id.as_str())
+            .map_err(|source| EngineError::Bundle { id: id.clone(), source })?;
+        if !leave_running {
+            running.remove(id.as_str());
+        }
+        Ok(())
+    }
+
+    fn restore(&self, spec: &BootSpec, image_dir: &std::path::Path) -> Result<(), EngineError> {
+        if !image_dir.join("checkpoint.img").exists() {
+            return Err(EngineError::Runsc { id: spec.id.clone(), op: "restore", detail: "no image".into() });
+        }
+        self.boot(spec)
+    }
+
     fn destroy(&self, id: &SandboxId) -> Result<(), EngineError> {
         self.running
             .lock()

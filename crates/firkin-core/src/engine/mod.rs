@@ -6,7 +6,7 @@ pub mod fake;
 pub mod oci;
 pub mod runsc;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::ids::SandboxId;
 
@@ -55,6 +55,11 @@ pub trait Engine: Send + Sync + 'static {
     /// Boots a sandbox whose init process is the agent. Returns once the engine reports it
     /// started (the agent may not answer yet).
     fn boot(&self, spec: &BootSpec) -> Result<(), EngineError>;
+    /// Saves the sandbox's whole state (memory, processes, overlay) into `image_dir`. With
+    /// `leave_running` false the sandbox stops after the save (pause); otherwise it continues.
+    fn checkpoint(&self, id: &SandboxId, image_dir: &Path, leave_running: bool) -> Result<(), EngineError>;
+    /// Starts a sandbox from a checkpoint image instead of booting it.
+    fn restore(&self, spec: &BootSpec, image_dir: &Path) -> Result<(), EngineError>;
     /// Stops and deletes a sandbox. Idempotent: an unknown sandbox is not an error.
     fn destroy(&self, id: &SandboxId) -> Result<(), EngineError>;
     /// Ids of every sandbox the engine currently holds (for reconciliation).

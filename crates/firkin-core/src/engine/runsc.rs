@@ -11,7 +11,7 @@
 
 use std::fs::{self, File};
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -80,7 +80,8 @@ impl RunscEngine {
         cmd
     }
 
-    fn run_once(&self, spec: &BootSpec, workaround: bool) -> Result<(), String> {
+    /// One `runsc run` (or `runsc restore` when `image` is given) attempt.
+    fn run_once(&self, spec: &BootSpec, workaround: bool, image: Option<&Path>) -> Result<(), String> {
         let log_path = spec.run_dir.join("sandbox.log");
         let log =
             File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
@@ -92,7 +93,11 @@ impl RunscEngine {
                 "--net-disconnect-ok",
                 "--overlay2=root:memory",
             ])
-            .args(["run", "-detach", "--bundle"])
+            .args(match image {
+                None => vec!["run".to_owned(), "-detach".to_owned()],
+                Some(img) => vec!["restore".to_owned(), "-detach".to_owned(), format!("--image-path={}", img.display())],
+            })
+            .arg("--bundle")
             .arg(spec.run_dir.join("bundle"))
             .arg(spec.id.as_str())
             .stdin(Stdio::null())
@@ -119,16 +124,8 @@ impl RunscEngine {
         Err(format!("{status}: {tail}"))
     }
 
-    fn runsc_status(&self, args: &[&str]) -> Result<std::process::Output, std::io::Error> {
-        self.base_command(false)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-    }
-}
-
-impl Engine for RunscEngine {
-    fn boot(&self, spec: &BootSpec) -> Result<(), EngineError> {
+    /// Writes the bundle and runs (or restores) the sandbox, detecting the netns quirk.
+    fn start(&self, spec: &BootSpec, image: Option<&Path>) -> Result<(), EngineError> {
         let bundle = spec.run_dir.join("bundle");
         fs::create_dir_all(&bundle).map_err(|source| EngineError::Bundle {
             id: spec.id.clone(),
@@ -146,7 +143,7 @@ impl Engine for RunscEngine {
         })?;
 
         let mode = self.mode.load(Ordering::Relaxed);
-        let first = self.run_once(spec, mode == MODE_NETNS_WORKAROUND);
+        let first = self.run_once(spec, mode == MODE_NETNS_WORKAROUND, image);
         match first {
             Ok(()) => {
                 if mode == MODE_UNKNOWN {
@@ -160,19 +157,59 @@ impl Engine for RunscEngine {
                 );
                 let _ = self.destroy(&spec.id);
                 self.mode.store(MODE_NETNS_WORKAROUND, Ordering::Relaxed);
-                self.run_once(spec, true)
+                self.run_once(spec, true, image)
                     .map_err(|detail| EngineError::Runsc {
                         id: spec.id.clone(),
-                        op: "run",
+                        op: if image.is_some() { "restore" } else { "run" },
                         detail,
                     })
             }
             Err(detail) => Err(EngineError::Runsc {
                 id: spec.id.clone(),
-                op: "run",
+                op: if image.is_some() { "restore" } else { "run" },
                 detail,
             }),
         }
+    }
+
+
+    fn runsc_status(&self, args: &[&str]) -> Result<std::process::Output, std::io::Error> {
+        self.base_command(false)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+    }
+}
+
+impl Engine for RunscEngine {
+    fn boot(&self, spec: &BootSpec) -> Result<(), EngineError> {
+        self.start(spec, None)
+    }
+
+    fn checkpoint(&self, id: &SandboxId, image_dir: &Path, leave_running: bool) -> Result<(), EngineError> {
+        let mut args = vec![
+            "checkpoint".to_owned(),
+            format!("--image-path={}", image_dir.display()),
+            "--compression=none".to_owned(),
+        ];
+        if leave_running {
+            args.push("--leave-running".to_owned());
+        }
+        args.push(id.to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self
+            .runsc_status(&args)
+            .map_err(|source| EngineError::Spawn { id: id.clone(), program: "runsc checkpoint".into(), source })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
+        Err(EngineError::Runsc { id: id.clone(), op: "checkpoint", detail: first })
+    }
+
+    fn restore(&self, spec: &BootSpec, image_dir: &Path) -> Result<(), EngineError> {
+        self.start(spec, Some(image_dir))
     }
 
     fn destroy(&self, id: &SandboxId) -> Result<(), EngineError> {
