@@ -111,10 +111,11 @@ def test_killed_sandbox_traffic_gets_502_not_found(api):
 
 
 def test_unsupported_features_say_so(api, sandbox):
-    r = api.post(f"/sandboxes/{sandbox.sandbox_id}/pause", headers=auth_headers(), json={})
-    assert r.status_code == 501 and "pause" in r.json()["message"]
-    r = api.post("/v2/sandboxes", headers=auth_headers(), json={"templateID": "base", "autoPause": True, "metadata": {}, "envVars": {}})
-    assert r.status_code == 501 and "autoPause" in r.json()["message"]
+    r = api.post(f"/sandboxes/{sandbox.sandbox_id}/fork", headers=auth_headers(), json={"count": 1})
+    assert r.status_code == 501 and "fork" in r.json()["message"]
+    body = {"templateID": "base", "autoResume": {"enabled": True}, "metadata": {}, "envVars": {}}
+    r = api.post("/v2/sandboxes", headers=auth_headers(), json=body)
+    assert r.status_code == 501 and "autoResume" in r.json()["message"]
 
 
 def test_server_keeps_serving_after_bad_input(sandbox):

@@ -46,9 +46,6 @@ pub fn router(state: AppState) -> Router {
         .route("/files", get(files::download).post(files::upload))
         .route("/process.Process/{method}", post(rpc::process_rpc))
         .route("/filesystem.Filesystem/{method}", post(rpc::filesystem_rpc))
-        .layer(axum::middleware::from_fn_with_state(
-            state.config.clone(),
-            auth::gate,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.config.clone(), auth::gate))
         .with_state(state)
 }

@@ -18,10 +18,7 @@ pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
 
 /// The 401 answered for a missing or wrong token.
 pub fn unauthorized() -> Response {
-    json_error(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized access, invalid or missing access token",
-    )
+    json_error(StatusCode::UNAUTHORIZED, "unauthorized access, invalid or missing access token")
 }
 
 /// Whether the request carries `token` (an empty token means no auth is required).
@@ -70,13 +67,8 @@ pub fn basic_auth_username(headers: &HeaderMap) -> Result<Option<String>, Reques
     let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let text = value
-        .to_str()
-        .map_err(|_| RequestUserError::BadHeader("not ASCII"))?;
-    let Some(encoded) = text
-        .strip_prefix("Basic ")
-        .or_else(|| text.strip_prefix("basic "))
-    else {
+    let text = value.to_str().map_err(|_| RequestUserError::BadHeader("not ASCII"))?;
+    let Some(encoded) = text.strip_prefix("Basic ").or_else(|| text.strip_prefix("basic ")) else {
         return Err(RequestUserError::BadHeader("not Basic"));
     };
     let decoded = crate::json::decode_bytes(encoded)
@@ -88,10 +80,7 @@ pub fn basic_auth_username(headers: &HeaderMap) -> Result<Option<String>, Reques
 }
 
 /// Resolves the user an RPC runs as: the Basic-auth user, else `default_user`.
-pub fn request_user(
-    headers: &HeaderMap,
-    default_user: &str,
-) -> Result<SandboxUser, RequestUserError> {
+pub fn request_user(headers: &HeaderMap, default_user: &str) -> Result<SandboxUser, RequestUserError> {
     let name = basic_auth_username(headers)?.unwrap_or_else(|| default_user.to_string());
     Ok(SandboxUser::lookup(&name)?)
 }

@@ -99,10 +99,7 @@ pub struct ConnectError {
 
 impl ConnectError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
 
     fn to_json(&self) -> serde_json::Value {
@@ -210,14 +207,7 @@ impl EnvelopeDecoder {
 /// Unary success: 200 with the JSON message.
 pub fn unary_ok<T: Serialize>(msg: &T) -> Response {
     let body = serde_json::to_vec(msg).unwrap_or_else(|_| b"{}".to_vec());
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(UNARY_CONTENT_TYPE),
-        )],
-        body,
-    )
+    (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static(UNARY_CONTENT_TYPE))], body)
         .into_response()
 }
 
@@ -225,10 +215,7 @@ pub fn unary_ok<T: Serialize>(msg: &T) -> Response {
 pub fn unary_error(err: &ConnectError) -> Response {
     (
         err.code.http_status(),
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(UNARY_CONTENT_TYPE),
-        )],
+        [(header::CONTENT_TYPE, HeaderValue::from_static(UNARY_CONTENT_TYPE))],
         err.to_json().to_string(),
     )
         .into_response()
@@ -259,10 +246,7 @@ impl StreamWriter {
 
     /// Sends the end-stream frame and closes the body.
     pub async fn finish(self, result: Result<(), ConnectError>) {
-        let _ = self
-            .tx
-            .send(end_stream_envelope(result.as_ref().map(|_| ())))
-            .await;
+        let _ = self.tx.send(end_stream_envelope(result.as_ref().map(|_| ()))).await;
     }
 
     /// Resolves when the client has dropped the response body.
@@ -346,9 +330,6 @@ mod tests {
         assert_eq!(Code::NotFound.http_status(), StatusCode::NOT_FOUND);
         assert_eq!(Code::AlreadyExists.http_status(), StatusCode::CONFLICT);
         assert_eq!(Code::Canceled.http_status().as_u16(), 499);
-        assert_eq!(
-            Code::Unauthenticated.http_status(),
-            StatusCode::UNAUTHORIZED
-        );
+        assert_eq!(Code::Unauthenticated.http_status(), StatusCode::UNAUTHORIZED);
     }
 }

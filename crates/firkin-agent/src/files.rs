@@ -76,11 +76,7 @@ pub enum FilesError {
 
 impl FilesError {
     fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
-        FilesError::Io {
-            op,
-            path: path.into(),
-            source,
-        }
+        FilesError::Io { op, path: path.into(), source }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -150,11 +146,7 @@ fn authorize(
 }
 
 fn query_user(config: &AgentConfig, q: &FilesQuery) -> Result<SandboxUser, FilesError> {
-    let name = q
-        .username
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .unwrap_or(&config.default_user);
+    let name = q.username.as_deref().filter(|n| !n.is_empty()).unwrap_or(&config.default_user);
     Ok(SandboxUser::lookup(name)?)
 }
 
@@ -178,18 +170,10 @@ pub async fn download(
     }
 }
 
-fn download_inner(
-    config: &AgentConfig,
-    q: &FilesQuery,
-    headers: &HeaderMap,
-) -> Result<Response, FilesError> {
+fn download_inner(config: &AgentConfig, q: &FilesQuery, headers: &HeaderMap) -> Result<Response, FilesError> {
     authorize(config, headers, q, FileOperation::Read)?;
     let user = query_user(config, q)?;
-    let raw = q
-        .path
-        .as_deref()
-        .filter(|p| !p.is_empty())
-        .ok_or(FilesError::MissingPath)?;
+    let raw = q.path.as_deref().filter(|p| !p.is_empty()).ok_or(FilesError::MissingPath)?;
     let path = crate::paths::resolve(raw, &user.home);
     let meta = match std::fs::metadata(&path) {
         Ok(m) => m,
@@ -203,10 +187,7 @@ fn download_inner(
     let gzip = headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|e| e.trim().split(';').next() == Some("gzip"))
-        });
+        .is_some_and(|v| v.split(',').any(|e| e.trim().split(';').next() == Some("gzip")));
 
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
     tokio::task::spawn_blocking(move || {
@@ -225,10 +206,7 @@ fn download_inner(
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     let mut response = Response::new(body);
     let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     if gzip {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     } else if let Ok(v) = HeaderValue::from_str(&meta.len().to_string()) {
@@ -279,19 +257,13 @@ pub fn metadata_from_headers(headers: &HeaderMap) -> Result<BTreeMap<String, Str
             .to_str()
             .ok()
             .filter(|v| v.bytes().all(|b| (0x20..0x7f).contains(&b)))
-            .ok_or_else(|| {
-                FilesError::BadMetadata(format!("value of '{key}' is not printable ASCII"))
-            })?;
+            .ok_or_else(|| FilesError::BadMetadata(format!("value of '{key}' is not printable ASCII")))?;
         if key.is_empty() || key.len() > MAX_METADATA_KEY {
-            return Err(FilesError::BadMetadata(format!(
-                "key '{key}' is empty or too long"
-            )));
+            return Err(FilesError::BadMetadata(format!("key '{key}' is empty or too long")));
         }
         total += key.len() + value.len();
         if total > MAX_METADATA_TOTAL {
-            return Err(FilesError::BadMetadata(
-                "metadata exceeds 4096 bytes".into(),
-            ));
+            return Err(FilesError::BadMetadata("metadata exceeds 4096 bytes".into()));
         }
         out.insert(key, value.to_string());
     }
@@ -313,14 +285,8 @@ impl PendingFile {
         }
         let parent = target.parent().unwrap_or(Path::new("/")).to_path_buf();
         ensure_dirs(&parent, user).map_err(|e| FilesError::io("create parent of", &target, e))?;
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = parent.join(format!(
-            "{UPLOAD_TEMP_PREFIX}{:016x}.{name}",
-            rand::random::<u64>()
-        ));
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = parent.join(format!("{UPLOAD_TEMP_PREFIX}{:016x}.{name}", rand::random::<u64>()));
         let mode = existing.map_or(0o644, |m| m.mode() & 0o7777);
         let std_file = std::fs::OpenOptions::new()
             .write(true)
@@ -330,18 +296,12 @@ impl PendingFile {
             .map_err(|e| FilesError::io("create", &target, e))?;
         // The umask may have narrowed the requested mode.
         let _ = std_file.set_permissions(std::fs::Permissions::from_mode(mode));
-        Ok(Self {
-            target,
-            tmp,
-            file: Some(tokio::fs::File::from_std(std_file)),
-        })
+        Ok(Self { target, tmp, file: Some(tokio::fs::File::from_std(std_file)) })
     }
 
     async fn write(&mut self, data: &[u8]) -> Result<(), FilesError> {
         if let Some(f) = self.file.as_mut() {
-            f.write_all(data)
-                .await
-                .map_err(|e| FilesError::io("write", &self.target, e))?;
+            f.write_all(data).await.map_err(|e| FilesError::io("write", &self.target, e))?;
         }
         Ok(())
     }
@@ -353,12 +313,8 @@ impl PendingFile {
     ) -> Result<(), FilesError> {
         let target = self.target.clone();
         let mut file = self.file.take().ok_or(FilesError::NoFiles)?;
-        file.flush()
-            .await
-            .map_err(|e| FilesError::io("write", &target, e))?;
-        file.sync_all()
-            .await
-            .map_err(|e| FilesError::io("fsync", &target, e))?;
+        file.flush().await.map_err(|e| FilesError::io("write", &target, e))?;
+        file.sync_all().await.map_err(|e| FilesError::io("fsync", &target, e))?;
         drop(file);
         chown_to(&self.tmp, user).map_err(|e| FilesError::io("chown", &target, e))?;
         for (k, v) in metadata {
@@ -401,30 +357,21 @@ struct Gunzip {
 
 impl Gunzip {
     fn new() -> Self {
-        Self {
-            decoder: flate2::write::GzDecoder::new(Vec::new()),
-        }
+        Self { decoder: flate2::write::GzDecoder::new(Vec::new()) }
     }
 
     fn feed(&mut self, data: &[u8]) -> Result<Vec<u8>, FilesError> {
-        self.decoder
-            .write_all(data)
-            .map_err(|e| FilesError::BadBody(format!("gzip: {e}")))?;
+        self.decoder.write_all(data).map_err(|e| FilesError::BadBody(format!("gzip: {e}")))?;
         Ok(std::mem::take(self.decoder.get_mut()))
     }
 
     fn finish(self) -> Result<Vec<u8>, FilesError> {
-        self.decoder
-            .finish()
-            .map_err(|e| FilesError::BadBody(format!("gzip: {e}")))
+        self.decoder.finish().map_err(|e| FilesError::BadBody(format!("gzip: {e}")))
     }
 }
 
 fn result_item(path: &Path, metadata: &BTreeMap<String, String>) -> serde_json::Value {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut item = json!({ "name": name, "type": "file", "path": path.display().to_string() });
     if !metadata.is_empty() {
         item["metadata"] = json!(metadata);
@@ -438,9 +385,7 @@ pub async fn upload(State(cell): State<Arc<ConfigCell>>, req: Request) -> Respon
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let q: FilesQuery = Query::try_from_uri(req.uri())
-        .map(|Query(q)| q)
-        .unwrap_or_default();
+    let q: FilesQuery = Query::try_from_uri(req.uri()).map(|Query(q)| q).unwrap_or_default();
     match upload_inner(&config, q, req).await {
         Ok(items) => (StatusCode::OK, axum::Json(items)).into_response(),
         Err(e) => e.into_response(),
@@ -465,11 +410,8 @@ async fn upload_inner(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("multipart/form-data"));
-    let query_path = q
-        .path
-        .as_deref()
-        .filter(|p| !p.is_empty())
-        .map(|p| crate::paths::resolve(p, &user.home));
+    let query_path =
+        q.path.as_deref().filter(|p| !p.is_empty()).map(|p| crate::paths::resolve(p, &user.home));
 
     if !is_multipart {
         let target = query_path.ok_or(FilesError::MissingPath)?;
@@ -492,9 +434,8 @@ async fn upload_inner(
 
     let req = if gzipped {
         let (parts, body) = req.into_parts();
-        let compressed = axum::body::to_bytes(body, usize::MAX)
-            .await
-            .map_err(|e| FilesError::BadBody(e.to_string()))?;
+        let compressed =
+            axum::body::to_bytes(body, usize::MAX).await.map_err(|e| FilesError::BadBody(e.to_string()))?;
         let mut plain = Vec::new();
         flate2::read::GzDecoder::new(&compressed[..])
             .read_to_end(&mut plain)
@@ -505,15 +446,12 @@ async fn upload_inner(
     } else {
         req
     };
-    let mut multipart = Multipart::from_request(req, &())
-        .await
-        .map_err(|e| FilesError::BadBody(e.body_text()))?;
+    let mut multipart =
+        Multipart::from_request(req, &()).await.map_err(|e| FilesError::BadBody(e.body_text()))?;
     let mut seen = HashSet::new();
     let mut items = Vec::new();
-    while let Some(mut field) = multipart
-        .next_field()
-        .await
-        .map_err(|e| FilesError::BadBody(e.body_text()))?
+    while let Some(mut field) =
+        multipart.next_field().await.map_err(|e| FilesError::BadBody(e.body_text()))?
     {
         if field.name() != Some("file") {
             continue;
@@ -527,11 +465,7 @@ async fn upload_inner(
             return Err(FilesError::DuplicatePath(target));
         }
         let mut pending = PendingFile::begin(target.clone(), &user).await?;
-        while let Some(chunk) = field
-            .chunk()
-            .await
-            .map_err(|e| FilesError::BadBody(e.body_text()))?
-        {
+        while let Some(chunk) = field.chunk().await.map_err(|e| FilesError::BadBody(e.body_text()))? {
             pending.write(&chunk).await?;
         }
         pending.commit(&user, &metadata).await?;
@@ -556,10 +490,7 @@ mod tests {
         assert_eq!(m.get("owner").map(String::as_str), Some("alice"));
         assert_eq!(m.len(), 1);
         let mut h = HeaderMap::new();
-        h.insert(
-            "x-metadata-big",
-            HeaderValue::from_str(&"a".repeat(5000)).unwrap(),
-        );
+        h.insert("x-metadata-big", HeaderValue::from_str(&"a".repeat(5000)).unwrap());
         assert!(metadata_from_headers(&h).is_err());
     }
 
@@ -579,19 +510,9 @@ mod tests {
 
     #[test]
     fn error_statuses() {
-        assert_eq!(
-            FilesError::NotFound("/x".into()).status(),
-            StatusCode::NOT_FOUND
-        );
-        assert_eq!(
-            FilesError::IsDirectory("/x".into()).status(),
-            StatusCode::BAD_REQUEST
-        );
-        let nospc = FilesError::io(
-            "write",
-            Path::new("/x"),
-            io::Error::from_raw_os_error(libc::ENOSPC),
-        );
+        assert_eq!(FilesError::NotFound("/x".into()).status(), StatusCode::NOT_FOUND);
+        assert_eq!(FilesError::IsDirectory("/x".into()).status(), StatusCode::BAD_REQUEST);
+        let nospc = FilesError::io("write", Path::new("/x"), io::Error::from_raw_os_error(libc::ENOSPC));
         assert_eq!(nospc.status(), StatusCode::INSUFFICIENT_STORAGE);
     }
 }

@@ -7,13 +7,6 @@ use serde_json::json;
 /// A JSON error response with the status repeated as the integer `code`.
 pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
     let body = json!({ "code": status.as_u16(), "message": message.into() });
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body.to_string(),
-    )
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.to_string())
         .into_response()
 }

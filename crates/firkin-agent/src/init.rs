@@ -97,10 +97,7 @@ fn build_config(req: InitRequest) -> Result<AgentConfig, InitError> {
 }
 
 fn protocol_header() -> (&'static str, HeaderValue) {
-    (
-        AGENT_PROTOCOL_HEADER,
-        HeaderValue::from(AGENT_PROTOCOL_VERSION),
-    )
+    (AGENT_PROTOCOL_HEADER, HeaderValue::from(AGENT_PROTOCOL_VERSION))
 }
 
 /// `GET /health`: 204 always, with the agent protocol header.

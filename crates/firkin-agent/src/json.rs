@@ -31,16 +31,12 @@ pub fn decode_bytes(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
 pub fn opt_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
     match Option::<String>::deserialize(d)? {
         None => Ok(None),
-        Some(s) => decode_bytes(&s)
-            .map(Some)
-            .map_err(|e| D::Error::custom(format!("invalid base64: {e}"))),
+        Some(s) => decode_bytes(&s).map(Some).map_err(|e| D::Error::custom(format!("invalid base64: {e}"))),
     }
 }
 
 /// `deserialize_with` for any field where `null` means the default value.
-pub fn nullable<'de, D: Deserializer<'de>, T: DeserializeOwned + Default>(
-    d: D,
-) -> Result<T, D::Error> {
+pub fn nullable<'de, D: Deserializer<'de>, T: DeserializeOwned + Default>(d: D) -> Result<T, D::Error> {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
@@ -57,10 +53,9 @@ fn int_from_repr<E: serde::de::Error>(repr: IntRepr) -> Result<i64, E> {
         IntRepr::Num(n) => Ok(n),
         IntRepr::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
         IntRepr::Float(f) => Err(E::custom(format!("{f} is not an integer"))),
-        IntRepr::Text(s) => s
-            .trim()
-            .parse::<i64>()
-            .map_err(|_| E::custom(format!("'{s}' is not an integer"))),
+        IntRepr::Text(s) => {
+            s.trim().parse::<i64>().map_err(|_| E::custom(format!("'{s}' is not an integer")))
+        }
     }
 }
 
@@ -70,9 +65,7 @@ pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error>
         None => Ok(None),
         Some(repr) => {
             let n = int_from_repr::<D::Error>(repr)?;
-            u32::try_from(n)
-                .map(Some)
-                .map_err(|_| D::Error::custom(format!("{n} out of range for uint32")))
+            u32::try_from(n).map(Some).map_err(|_| D::Error::custom(format!("{n} out of range for uint32")))
         }
     }
 }
@@ -150,10 +143,9 @@ mod tests {
 
     #[test]
     fn lenient_numbers_null_and_enums() {
-        let p: Probe = serde_json::from_str(
-            r#"{"data":"aGk","pid":"42","args":null,"signal":"SIGNAL_SIGKILL"}"#,
-        )
-        .unwrap();
+        let p: Probe =
+            serde_json::from_str(r#"{"data":"aGk","pid":"42","args":null,"signal":"SIGNAL_SIGKILL"}"#)
+                .unwrap();
         assert_eq!(p.data.as_deref(), Some(&b"hi"[..]));
         assert_eq!(p.pid, Some(42));
         assert!(p.args.is_empty());

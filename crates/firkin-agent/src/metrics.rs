@@ -10,11 +10,7 @@ use serde_json::json;
 /// Aggregate CPU counters from the first line of `/proc/stat`: (busy, total) jiffies.
 pub fn parse_cpu_line(stat: &str) -> Option<(u64, u64)> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let fields: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
+    let fields: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
     if fields.len() < 4 {
         return None;
     }
@@ -74,16 +70,11 @@ pub async fn metrics() -> Response {
     let (disk_total, disk_used) = match nix::sys::statvfs::statvfs("/") {
         Ok(s) => {
             let frsize = s.fragment_size();
-            (
-                s.blocks() * frsize,
-                s.blocks().saturating_sub(s.blocks_free()) * frsize,
-            )
+            (s.blocks() * frsize, s.blocks().saturating_sub(s.blocks_free()) * frsize)
         }
         Err(_) => (0, 0),
     };
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     Json(json!({
         "ts": ts,
         "cpu_count": cpu_count,
@@ -109,8 +100,7 @@ mod tests {
         assert_eq!(parse_cpu_line(stat), Some((200, 1000)));
         assert_eq!(count_cpus(stat), 2);
         assert_eq!(cpu_used_pct((0, 0), (200, 1000)), 20.0);
-        let mem =
-            "MemTotal:        2048 kB\nMemAvailable:    1024 kB\nCached: 10 kB\nSwapCached: 5 kB\n";
+        let mem = "MemTotal:        2048 kB\nMemAvailable:    1024 kB\nCached: 10 kB\nSwapCached: 5 kB\n";
         assert_eq!(meminfo_bytes(mem, "MemTotal"), Some(2048 * 1024));
         assert_eq!(meminfo_bytes(mem, "Cached"), Some(10 * 1024));
     }

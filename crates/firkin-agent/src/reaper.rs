@@ -164,16 +164,10 @@ mod tests {
     #[test]
     fn decodes_wait_statuses() {
         let exited = std::process::ExitStatus::from_raw(3 << 8).into_raw();
-        assert_eq!(
-            ExitOutcome::from_wait_status(exited),
-            Some(ExitOutcome::Exited(3))
-        );
+        assert_eq!(ExitOutcome::from_wait_status(exited), Some(ExitOutcome::Exited(3)));
         assert_eq!(
             ExitOutcome::from_wait_status(9),
-            Some(ExitOutcome::Signaled {
-                signo: 9,
-                core_dumped: false
-            })
+            Some(ExitOutcome::Signaled { signo: 9, core_dumped: false })
         );
     }
 }

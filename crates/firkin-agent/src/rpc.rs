@@ -67,30 +67,19 @@ fn bad_request(what: impl std::fmt::Display) -> ConnectError {
 }
 
 fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ConnectError> {
-    let payload: &[u8] = if payload.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        payload
-    };
+    let payload: &[u8] = if payload.iter().all(u8::is_ascii_whitespace) { b"{}" } else { payload };
     serde_json::from_slice(payload).map_err(bad_request)
 }
 
 async fn unary_body<T: DeserializeOwned>(body: Body) -> Result<T, ConnectError> {
-    let bytes = axum::body::to_bytes(body, MAX_UNARY_BODY)
-        .await
-        .map_err(bad_request)?;
+    let bytes = axum::body::to_bytes(body, MAX_UNARY_BODY).await.map_err(bad_request)?;
     decode(&bytes)
 }
 
 /// Reads the single message of a server-streaming request (enveloped; a bare JSON body from a
 /// non-Connect client is tolerated).
-async fn stream_request<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<T, ConnectError> {
-    let bytes = axum::body::to_bytes(body, MAX_UNARY_BODY)
-        .await
-        .map_err(bad_request)?;
+async fn stream_request<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ConnectError> {
+    let bytes = axum::body::to_bytes(body, MAX_UNARY_BODY).await.map_err(bad_request)?;
     let is_plain_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -100,24 +89,17 @@ async fn stream_request<T: DeserializeOwned>(
     }
     let mut decoder = EnvelopeDecoder::default();
     decoder.push(&bytes);
-    let envelope = decoder
-        .next_envelope()?
-        .ok_or(FramingError::Truncated(bytes.len()))?;
+    let envelope = decoder.next_envelope()?.ok_or(FramingError::Truncated(bytes.len()))?;
     decode(&envelope.payload)
 }
 
 fn unimplemented(service: &str, method: &str) -> ConnectError {
-    ConnectError::new(
-        Code::Unimplemented,
-        format!("{service}/{method} is not implemented"),
-    )
+    ConnectError::new(Code::Unimplemented, format!("{service}/{method} is not implemented"))
 }
 
 fn context(state: &AppState, headers: HeaderMap) -> Result<CallContext, ConnectError> {
-    let config = state
-        .config
-        .get()
-        .ok_or_else(|| ConnectError::new(Code::Unavailable, "agent not initialised"))?;
+    let config =
+        state.config.get().ok_or_else(|| ConnectError::new(Code::Unavailable, "agent not initialised"))?;
     Ok(CallContext { config, headers })
 }
 

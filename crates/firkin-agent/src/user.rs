@@ -31,17 +31,9 @@ impl SandboxUser {
     /// Looks `name` up in the sandbox's user database.
     pub fn lookup(name: &str) -> Result<Self, UserError> {
         match User::from_name(name) {
-            Ok(Some(u)) => Ok(SandboxUser {
-                name: u.name,
-                uid: u.uid,
-                gid: u.gid,
-                home: u.dir,
-            }),
+            Ok(Some(u)) => Ok(SandboxUser { name: u.name, uid: u.uid, gid: u.gid, home: u.dir }),
             Ok(None) => Err(UserError::Unknown(name.to_string())),
-            Err(source) => Err(UserError::Lookup {
-                name: name.to_string(),
-                source,
-            }),
+            Err(source) => Err(UserError::Lookup { name: name.to_string(), source }),
         }
     }
 

@@ -53,11 +53,7 @@ struct Series {
 
 impl Series {
     fn new(name: &'static str) -> Series {
-        Series {
-            name,
-            secs: Vec::new(),
-            failures: 0,
-        }
+        Series { name, secs: Vec::new(), failures: 0 }
     }
 
     fn summary(&self) -> serde_json::Value {
@@ -189,11 +185,7 @@ async fn first_stdout(ip: std::net::Ipv4Addr, token: &str) -> anyhow::Result<()>
         .header("x-access-token", token)
         .body(Full::new(Bytes::from(frame)))?;
     let resp = client.request(req).await?;
-    anyhow::ensure!(
-        resp.status().is_success(),
-        "Start answered {}",
-        resp.status()
-    );
+    anyhow::ensure!(resp.status().is_success(), "Start answered {}", resp.status());
     let mut body = resp.into_body();
     let mut buf: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {

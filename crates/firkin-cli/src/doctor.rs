@@ -19,40 +19,23 @@ pub fn run(args: &HostArgs) -> anyhow::Result<()> {
     check(
         "running as root",
         root,
-        if root {
-            "yes".into()
-        } else {
-            "firkin needs root for namespaces and runsc; run as root".into()
-        },
+        if root { "yes".into() } else { "firkin needs root for namespaces and runsc; run as root".into() },
     );
     match Command::new(&args.runsc).arg("--version").output() {
         Ok(out) => {
-            let v = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned();
+            let v = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_owned();
             check("runsc", out.status.success(), v);
         }
-        Err(e) => check(
-            "runsc",
-            false,
-            format!("{e}; install it with scripts/setup.sh (bookworm-backports)"),
-        ),
+        Err(e) => {
+            check("runsc", false, format!("{e}; install it with scripts/setup.sh (bookworm-backports)"))
+        }
     }
-    let ip_ok = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
+    let ip_ok =
+        Command::new("ip").args(["netns", "list"]).output().map(|o| o.status.success()).unwrap_or(false);
     check(
         "network namespaces (ip netns)",
         ip_ok,
-        if ip_ok {
-            "usable".into()
-        } else {
-            "install iproute2 and run as root".into()
-        },
+        if ip_ok { "usable".into() } else { "install iproute2 and run as root".into() },
     );
     let layout = Layout::from_env();
     let rootfs = layout.rootfs_dir(BASE_ROOTFS);
@@ -71,15 +54,7 @@ pub fn run(args: &HostArgs) -> anyhow::Result<()> {
         Err(e) => check("agent binary", false, e.to_string()),
     }
     let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    check(
-        "cgroups",
-        true,
-        if v2 {
-            "v2 (unified)".into()
-        } else {
-            "v1/hybrid controllers".into()
-        },
-    );
+    check("cgroups", true, if v2 { "v2 (unified)".into() } else { "v1/hybrid controllers".into() });
     anyhow::ensure!(failures == 0, "{failures} check(s) failed");
     Ok(())
 }

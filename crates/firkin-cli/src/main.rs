@@ -8,11 +8,7 @@ mod setup;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "firkin",
-    version,
-    about = "Self-hosted, E2B-compatible sandbox runtime on gVisor"
-)]
+#[command(name = "firkin", version, about = "Self-hosted, E2B-compatible sandbox runtime on gVisor")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,15 +27,12 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FIRKIN_LOG")
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("FIRKIN_LOG").unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(args) => rt.block_on(serve::run(args)),
         Command::Bench(args) => rt.block_on(bench::run(args)),

@@ -22,10 +22,8 @@ pub struct ServeArgs {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = args.host.runtime()?;
-    let api_key = args
-        .api_key
-        .clone()
-        .unwrap_or_else(|| format!("firkin_{}", firkin_core::ids::generate_secret()));
+    let api_key =
+        args.api_key.clone().unwrap_or_else(|| format!("firkin_{}", firkin_core::ids::generate_secret()));
     let report = runtime.reconcile().await;
     tracing::info!(?report, engine = %runtime.engine_description(), "runtime ready");
     runtime.start_background();
@@ -40,9 +38,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("export E2B_API_KEY={api_key}");
 
     let app = firkin_server::app(AppState::new(runtime.clone(), api_key));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     let n = runtime.kill_all().await;
     tracing::info!(killed = n, "server stopped; sandboxes removed");
     Ok(())

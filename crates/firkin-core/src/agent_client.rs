@@ -16,25 +16,13 @@ use hyper_util::rt::TokioExecutor;
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("agent at {addr} did not answer /health within {waited:?}: {last}")]
-    NotReady {
-        addr: Ipv4Addr,
-        waited: Duration,
-        last: String,
-    },
+    NotReady { addr: Ipv4Addr, waited: Duration, last: String },
     #[error("agent at {addr} speaks protocol {found}, host supports {supported}")]
-    Protocol {
-        addr: Ipv4Addr,
-        found: String,
-        supported: u32,
-    },
+    Protocol { addr: Ipv4Addr, found: String, supported: u32 },
     #[error("agent at {addr}: init failed: {detail}")]
     Init { addr: Ipv4Addr, detail: String },
     #[error("agent at {addr}: {route} failed: {detail}")]
-    Call {
-        addr: Ipv4Addr,
-        route: &'static str,
-        detail: String,
-    },
+    Call { addr: Ipv4Addr, route: &'static str, detail: String },
 }
 
 /// The agent's `/metrics` answer (envd's shape).
@@ -75,55 +63,38 @@ impl AgentClient {
         let mut conn = HttpConnector::new();
         conn.set_connect_timeout(Some(Duration::from_millis(500)));
         conn.set_nodelay(true);
-        AgentClient {
-            client: Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(0)
-                .build(conn),
-        }
+        AgentClient { client: Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(conn) }
     }
 
     /// Polls `/health` until it answers 2xx, checking the agent's protocol version.
     pub async fn wait_ready(&self, addr: Ipv4Addr, timeout: Duration) -> Result<(), AgentError> {
         let start = Instant::now();
-        let uri: http::Uri = format!("http://{addr}:{ENVD_PORT}/health")
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| AgentError::NotReady {
-                addr,
-                waited: Duration::ZERO,
-                last: e.to_string(),
+        let uri: http::Uri =
+            format!("http://{addr}:{ENVD_PORT}/health").parse().map_err(|e: http::uri::InvalidUri| {
+                AgentError::NotReady { addr, waited: Duration::ZERO, last: e.to_string() }
             })?;
         let mut delay = Duration::from_millis(2);
         loop {
-            let last =
-                match tokio::time::timeout(Duration::from_secs(1), self.client.get(uri.clone()))
-                    .await
-                {
-                    Ok(Ok(resp)) if resp.status().is_success() => {
-                        let found = resp
-                            .headers()
-                            .get(AGENT_PROTOCOL_HEADER)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_owned();
-                        if found != AGENT_PROTOCOL_VERSION.to_string() {
-                            return Err(AgentError::Protocol {
-                                addr,
-                                found,
-                                supported: AGENT_PROTOCOL_VERSION,
-                            });
-                        }
-                        return Ok(());
+            let last = match tokio::time::timeout(Duration::from_secs(1), self.client.get(uri.clone())).await
+            {
+                Ok(Ok(resp)) if resp.status().is_success() => {
+                    let found = resp
+                        .headers()
+                        .get(AGENT_PROTOCOL_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    if found != AGENT_PROTOCOL_VERSION.to_string() {
+                        return Err(AgentError::Protocol { addr, found, supported: AGENT_PROTOCOL_VERSION });
                     }
-                    Ok(Ok(resp)) => format!("status {}", resp.status()),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => "request timed out".to_owned(),
-                };
+                    return Ok(());
+                }
+                Ok(Ok(resp)) => format!("status {}", resp.status()),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "request timed out".to_owned(),
+            };
             if start.elapsed() >= timeout {
-                return Err(AgentError::NotReady {
-                    addr,
-                    waited: start.elapsed(),
-                    last,
-                });
+                return Err(AgentError::NotReady { addr, waited: start.elapsed(), last });
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(25));
@@ -132,11 +103,7 @@ impl AgentClient {
 
     /// Reads the agent's resource usage.
     pub async fn metrics(&self, addr: Ipv4Addr, token: &str) -> Result<AgentMetrics, AgentError> {
-        let err = |detail: String| AgentError::Call {
-            addr,
-            route: "GET /metrics",
-            detail,
-        };
+        let err = |detail: String| AgentError::Call { addr, route: "GET /metrics", detail };
         let request = http::Request::get(format!("http://{addr}:{ENVD_PORT}/metrics"))
             .header("x-access-token", token)
             .body(Full::new(Bytes::new()))
@@ -146,12 +113,7 @@ impl AgentClient {
             .map_err(|_| err("timed out".into()))?
             .map_err(|e| err(e.to_string()))?;
         let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| err(e.to_string()))?
-            .to_bytes();
+        let bytes = resp.into_body().collect().await.map_err(|e| err(e.to_string()))?.to_bytes();
         if !status.is_success() {
             return Err(err(format!("status {status}")));
         }
@@ -172,25 +134,15 @@ impl AgentClient {
         if let Some(t) = current_token {
             builder = builder.header("x-access-token", t);
         }
-        let request = builder
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| err(e.to_string()))?;
+        let request = builder.body(Full::new(Bytes::from(body))).map_err(|e| err(e.to_string()))?;
         let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
             .await
             .map_err(|_| err("timed out".into()))?
             .map_err(|e| err(e.to_string()))?;
         let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| err(e.to_string()))?
-            .to_bytes();
+        let bytes = resp.into_body().collect().await.map_err(|e| err(e.to_string()))?.to_bytes();
         if !status.is_success() {
-            return Err(err(format!(
-                "status {status}: {}",
-                String::from_utf8_lossy(&bytes)
-            )));
+            return Err(err(format!("status {status}: {}", String::from_utf8_lossy(&bytes))));
         }
         serde_json::from_slice(&bytes).map_err(|e| err(format!("bad init response: {e}")))
     }

@@ -16,20 +16,13 @@ pub struct AtomicWriteError {
 
 /// Writes `bytes` to `path` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AtomicWriteError> {
-    let wrap = |source| AtomicWriteError {
-        path: path.to_owned(),
-        source,
-    };
+    let wrap = |source| AtomicWriteError { path: path.to_owned(), source };
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     fs::create_dir_all(dir).map_err(wrap)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -42,10 +35,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AtomicWriteError> {
 }
 
 /// Serializes `value` as pretty JSON and writes it atomically.
-pub fn write_json_atomic<T: serde::Serialize>(
-    path: &Path,
-    value: &T,
-) -> Result<(), AtomicWriteError> {
+pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), AtomicWriteError> {
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| AtomicWriteError {
         path: path.to_owned(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
@@ -64,10 +54,7 @@ mod tests {
         write_atomic(&p, b"one").unwrap();
         write_atomic(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "{names:?}");
         fs::remove_dir_all(&dir).unwrap();
     }

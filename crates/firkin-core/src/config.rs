@@ -16,20 +16,13 @@ pub struct Layout {
 impl Layout {
     /// Layout from `FIRKIN_STATE_DIR` / `FIRKIN_CACHE_DIR`, else `$HOME/.firkin/{state,cache}`.
     pub fn from_env() -> Layout {
-        let home = std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/root"));
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
         let base = home.join(".firkin");
-        let state_dir = std::env::var_os("FIRKIN_STATE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| base.join("state"));
-        let cache_dir = std::env::var_os("FIRKIN_CACHE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| base.join("cache"));
-        Layout {
-            state_dir,
-            cache_dir,
-        }
+        let state_dir =
+            std::env::var_os("FIRKIN_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| base.join("state"));
+        let cache_dir =
+            std::env::var_os("FIRKIN_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| base.join("cache"));
+        Layout { state_dir, cache_dir }
     }
 
     /// Persisted sandbox records (`<id>.json`).
@@ -50,6 +43,13 @@ impl Layout {
     /// Cached base rootfs directories (`rootfs/<name>`), built by `scripts/setup.sh`.
     pub fn rootfs_dir(&self, name: &str) -> PathBuf {
         self.cache_dir.join("rootfs").join(name)
+    }
+    /// Checkpoint images of paused sandboxes.
+    pub fn paused_dir(&self) -> PathBuf {
+        self.state_dir.join("snapshots").join("paused")
+    }
+    pub fn pause_image(&self, id: &str) -> PathBuf {
+        self.paused_dir().join(id)
     }
     /// Where quarantined (untrusted) artifacts are moved.
     pub fn quarantine_dir(&self) -> PathBuf {

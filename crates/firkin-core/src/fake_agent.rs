@@ -8,9 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Serves `/health` and `/init` like the agent does, on `ip:49983`.
 pub async fn fake_agent(ip: Ipv4Addr) {
     let listener =
-        tokio::net::TcpListener::bind(SocketAddr::from((ip, firkin_wire::agent::ENVD_PORT)))
-            .await
-            .unwrap();
+        tokio::net::TcpListener::bind(SocketAddr::from((ip, firkin_wire::agent::ENVD_PORT))).await.unwrap();
     tokio::spawn(async move {
         loop {
             let Ok((mut sock, _)) = listener.accept().await else {
@@ -21,7 +19,8 @@ pub async fn fake_agent(ip: Ipv4Addr) {
                 let n = sock.read(&mut buf).await.unwrap_or(0);
                 let req = String::from_utf8_lossy(&buf[..n]).to_string();
                 let resp = if req.starts_with("GET /health") {
-                    "HTTP/1.1 204 No Content\r\nx-firkin-agent-protocol: 1\r\nconnection: close\r\n\r\n".to_string()
+                    "HTTP/1.1 204 No Content\r\nx-firkin-agent-protocol: 1\r\nconnection: close\r\n\r\n"
+                        .to_string()
                 } else {
                     let body = r#"{"protocol":1,"agentVersion":"fake","envdVersion":"0.6.13"}"#;
                     format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())

@@ -34,18 +34,11 @@ impl SandboxId {
     }
 
     pub fn parse(value: &str) -> Result<SandboxId, IdError> {
-        let err = |reason| IdError {
-            kind: "sandbox",
-            value: value.to_owned(),
-            reason,
-        };
+        let err = |reason| IdError { kind: "sandbox", value: value.to_owned(), reason };
         if value.is_empty() || value.len() > 64 {
             return Err(err("length must be 1..=64"));
         }
-        if !value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        {
+        if !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
             return Err(err("only lowercase letters and digits are allowed"));
         }
         Ok(SandboxId(value.to_owned()))
@@ -77,11 +70,7 @@ impl fmt::Display for SandboxId {
 
 /// Random secret (access tokens): 32 alphanumerics.
 pub fn generate_secret() -> String {
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(32)
-        .map(char::from)
-        .collect()
+    rand::thread_rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect()
 }
 
 #[cfg(test)]

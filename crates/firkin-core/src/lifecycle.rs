@@ -98,13 +98,7 @@ mod tests {
 
     #[test]
     fn illegal_transitions_are_typed_errors() {
-        assert_eq!(
-            S::Running.apply(E::Paused),
-            Err(TransitionError {
-                from: S::Running,
-                event: E::Paused
-            })
-        );
+        assert_eq!(S::Running.apply(E::Paused), Err(TransitionError { from: S::Running, event: E::Paused }));
         assert!(S::Killed.apply(E::Kill).is_err());
         assert!(S::Paused.apply(E::BeginPause).is_err());
         assert!(S::Creating.apply(E::BeginPause).is_err());
@@ -119,14 +113,7 @@ mod tests {
 
     #[test]
     fn e2b_names_are_only_running_or_paused() {
-        for s in [
-            S::Creating,
-            S::Running,
-            S::Pausing,
-            S::Paused,
-            S::Resuming,
-            S::Killed,
-        ] {
+        for s in [S::Creating, S::Running, S::Pausing, S::Paused, S::Resuming, S::Killed] {
             if let Some(n) = s.e2b_name() {
                 assert!(n == "running" || n == "paused");
             }

@@ -31,8 +31,8 @@ pub struct SandboxRecord {
     pub access_token: String,
     /// What happens at `end_at`.
     pub on_timeout: OnTimeout,
-    /// Network slot held by this sandbox.
-    pub net_slot: u32,
+    /// Network slot held by this sandbox (none while paused).
+    pub net_slot: Option<u32>,
     /// Address at which the agent answers (inside the sandbox's namespace).
     pub agent_ip: std::net::Ipv4Addr,
     /// Capacity reservation held in this server's ledger (not meaningful across restarts).

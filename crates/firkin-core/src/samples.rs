@@ -40,9 +40,7 @@ impl SampleName {
 }
 
 /// Histogram bucket upper bounds, in seconds.
-pub const BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+pub const BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Keep at most this many raw samples per name (for percentiles).
 const MAX_RAW: usize = 4096;
@@ -65,10 +63,9 @@ impl Samples {
     pub fn record(&self, name: SampleName, d: Duration) {
         let secs = d.as_secs_f64();
         let mut map = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        let s = map.entry(name).or_insert_with(|| Series {
-            bucket_counts: vec![0; BUCKETS.len()],
-            ..Default::default()
-        });
+        let s = map
+            .entry(name)
+            .or_insert_with(|| Series { bucket_counts: vec![0; BUCKETS.len()], ..Default::default() });
         s.count += 1;
         s.sum_secs += secs;
         for (i, b) in BUCKETS.iter().enumerate() {
@@ -83,10 +80,7 @@ impl Samples {
     }
 
     pub fn snapshot(&self) -> BTreeMap<SampleName, Series> {
-        self.series
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.series.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Prometheus text exposition of every series as a histogram `firkin_lifecycle_seconds`.
@@ -106,14 +100,8 @@ impl Samples {
                 "firkin_lifecycle_seconds_bucket{{sample=\"{n}\",le=\"+Inf\"}} {}\n",
                 s.count
             ));
-            out.push_str(&format!(
-                "firkin_lifecycle_seconds_sum{{sample=\"{n}\"}} {}\n",
-                s.sum_secs
-            ));
-            out.push_str(&format!(
-                "firkin_lifecycle_seconds_count{{sample=\"{n}\"}} {}\n",
-                s.count
-            ));
+            out.push_str(&format!("firkin_lifecycle_seconds_sum{{sample=\"{n}\"}} {}\n", s.sum_secs));
+            out.push_str(&format!("firkin_lifecycle_seconds_count{{sample=\"{n}\"}} {}\n", s.count));
         }
         out
     }
@@ -151,11 +139,7 @@ mod tests {
         s.record(SampleName::ReadyProbe, Duration::from_millis(300));
         let text = s.prometheus();
         assert!(text.contains("firkin_lifecycle_seconds_count{sample=\"ready_probe\"} 2"));
-        assert!(
-            text.contains("firkin_lifecycle_seconds_bucket{sample=\"ready_probe\",le=\"0.025\"} 1")
-        );
-        assert!(
-            text.contains("firkin_lifecycle_seconds_bucket{sample=\"ready_probe\",le=\"0.5\"} 2")
-        );
+        assert!(text.contains("firkin_lifecycle_seconds_bucket{sample=\"ready_probe\",le=\"0.025\"} 1"));
+        assert!(text.contains("firkin_lifecycle_seconds_bucket{sample=\"ready_probe\",le=\"0.5\"} 2"));
     }
 }

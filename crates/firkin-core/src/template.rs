@@ -48,15 +48,9 @@ impl TemplateCatalog {
         };
         let rootfs = self.layout.rootfs_dir(rootfs_name);
         if !rootfs.join("bin").exists() {
-            return Err(TemplateError::RootfsMissing {
-                id: id.to_owned(),
-                path: rootfs,
-            });
+            return Err(TemplateError::RootfsMissing { id: id.to_owned(), path: rootfs });
         }
-        Ok(ResolvedTemplate {
-            id: id.to_owned(),
-            rootfs,
-        })
+        Ok(ResolvedTemplate { id: id.to_owned(), rootfs })
     }
 }
 
@@ -66,18 +60,9 @@ mod tests {
 
     #[test]
     fn unknown_template_is_not_found() {
-        let layout = Layout {
-            state_dir: "/nonexistent/s".into(),
-            cache_dir: "/nonexistent/c".into(),
-        };
+        let layout = Layout { state_dir: "/nonexistent/s".into(), cache_dir: "/nonexistent/c".into() };
         let cat = TemplateCatalog::new(layout);
-        assert_eq!(
-            cat.resolve("nope"),
-            Err(TemplateError::NotFound("nope".into()))
-        );
-        assert!(matches!(
-            cat.resolve("base"),
-            Err(TemplateError::RootfsMissing { .. })
-        ));
+        assert_eq!(cat.resolve("nope"), Err(TemplateError::NotFound("nope".into())));
+        assert!(matches!(cat.resolve("base"), Err(TemplateError::RootfsMissing { .. })));
     }
 }

@@ -14,8 +14,8 @@ use firkin_core::runtime::CreateSandbox;
 use crate::error::ApiError;
 use crate::list_query::list_query;
 use crate::wire::{
-    parse_json, parse_json_or_default, seconds, NewSandbox, SandboxListing, SandboxMetric,
-    SandboxResponse, TimeoutBody,
+    parse_json, parse_json_or_default, seconds, NewSandbox, SandboxListing, SandboxMetric, SandboxResponse,
+    TimeoutBody,
 };
 use crate::AppState;
 
@@ -53,19 +53,13 @@ async fn create(State(st): State<AppState>, body: Bytes) -> Result<Response, Api
         timeout,
         cpu_count: req.cpu_count,
         memory_mb: req.memory_mb,
-        on_timeout: req
-            .auto_pause
-            .map(|p| if p { OnTimeout::Pause } else { OnTimeout::Kill }),
+        on_timeout: req.auto_pause.map(|p| if p { OnTimeout::Pause } else { OnTimeout::Kill }),
         auto_resume: req.auto_resume.is_some_and(|a| a.enabled),
         allow_internet_access: req.allow_internet_access,
     };
     let rec = st.runtime.create(create).await?;
     let domain = st.runtime.config().domain.clone();
-    Ok((
-        StatusCode::CREATED,
-        Json(SandboxResponse::from_record(&rec, domain)),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, Json(SandboxResponse::from_record(&rec, domain))).into_response())
 }
 
 async fn list(
@@ -74,11 +68,8 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let q = list_query(&params)?;
     let page = st.runtime.list(&q);
-    let items: Vec<SandboxListing> = page
-        .items
-        .iter()
-        .map(|r| SandboxListing::from_record(r, false, None))
-        .collect();
+    let items: Vec<SandboxListing> =
+        page.items.iter().map(|r| SandboxListing::from_record(r, false, None)).collect();
     let mut resp = Json(items).into_response();
     if let Some(tok) = page.next_cursor {
         if let Ok(v) = HeaderValue::from_str(&tok) {
@@ -93,11 +84,7 @@ async fn detail(
     Path(id): Path<String>,
 ) -> Result<Json<SandboxListing>, ApiError> {
     let rec = st.runtime.get_visible(&id)?;
-    Ok(Json(SandboxListing::from_record(
-        &rec,
-        true,
-        st.runtime.config().domain.clone(),
-    )))
+    Ok(Json(SandboxListing::from_record(&rec, true, st.runtime.config().domain.clone())))
 }
 
 async fn kill(State(st): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
@@ -111,9 +98,7 @@ async fn set_timeout(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let b: TimeoutBody = parse_json(&body)?;
-    let t = b
-        .timeout
-        .ok_or_else(|| ApiError::bad_request("timeout is required"))?;
+    let t = b.timeout.ok_or_else(|| ApiError::bad_request("timeout is required"))?;
     st.runtime.set_timeout(&id, seconds("timeout", t)?)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -126,17 +111,9 @@ async fn connect(
     let b: TimeoutBody = parse_json_or_default(&body)?;
     let timeout = b.timeout.map(|t| seconds("timeout", t)).transpose()?;
     let out = st.runtime.connect(&id, timeout).await?;
-    let status = if out.resumed {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if out.resumed { StatusCode::CREATED } else { StatusCode::OK };
     let domain = st.runtime.config().domain.clone();
-    Ok((
-        status,
-        Json(SandboxResponse::from_record(&out.record, domain)),
-    )
-        .into_response())
+    Ok((status, Json(SandboxResponse::from_record(&out.record, domain))).into_response())
 }
 
 async fn pause(State(st): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
@@ -165,17 +142,11 @@ async fn sandbox_metrics(
 }
 
 async fn unsupported_snapshots() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "snapshots are not supported by this firkin server yet",
-    )
+    ApiError::new(StatusCode::NOT_IMPLEMENTED, "snapshots are not supported by this firkin server yet")
 }
 
 async fn unsupported_fork() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "fork is not supported by this firkin server yet",
-    )
+    ApiError::new(StatusCode::NOT_IMPLEMENTED, "fork is not supported by this firkin server yet")
 }
 
 async fn health() -> StatusCode {
@@ -184,15 +155,15 @@ async fn health() -> StatusCode {
 
 async fn metrics(State(st): State<AppState>) -> Response {
     let mut text = st.runtime.samples().prometheus();
-    text.push_str(
-        "# HELP firkin_sandboxes Sandboxes by lifecycle state.\n# TYPE firkin_sandboxes gauge\n",
-    );
+    text.push_str("# HELP firkin_sandboxes Sandboxes by lifecycle state.\n# TYPE firkin_sandboxes gauge\n");
     for (state, n) in st.runtime.count_by_state() {
         text.push_str(&format!("firkin_sandboxes{{state=\"{state:?}\"}} {n}\n"));
     }
     let a = st.runtime.admission_stats();
     text.push_str("# HELP firkin_capacity Host capacity handed out by the admission ledger.\n# TYPE firkin_capacity gauge\n");
-    text.push_str("# HELP firkin_capacity_used Capacity currently reserved.\n# TYPE firkin_capacity_used gauge\n");
+    text.push_str(
+        "# HELP firkin_capacity_used Capacity currently reserved.\n# TYPE firkin_capacity_used gauge\n",
+    );
     for (res, cap, used) in [
         ("milli_cpu", a.capacity.milli_cpu, a.used.milli_cpu),
         ("memory_mb", a.capacity.memory_mb, a.used.memory_mb),
@@ -200,22 +171,19 @@ async fn metrics(State(st): State<AppState>) -> Response {
     ] {
         text.push_str(&format!("firkin_capacity{{resource=\"{res}\"}} {cap}\nfirkin_capacity_used{{resource=\"{res}\"}} {used}\n"));
     }
-    text.push_str("# HELP firkin_reservations Capacity reservations by class.\n# TYPE firkin_reservations gauge\n");
+    text.push_str(
+        "# HELP firkin_reservations Capacity reservations by class.\n# TYPE firkin_reservations gauge\n",
+    );
     for (class, n) in [("active", a.active), ("warm", a.warm), ("paused", a.paused)] {
         text.push_str(&format!("firkin_reservations{{class=\"{class}\"}} {n}\n"));
     }
     text.push_str(&format!("# HELP firkin_admission_queue_depth Creates waiting for capacity.\n# TYPE firkin_admission_queue_depth gauge\nfirkin_admission_queue_depth {}\n", a.waiting));
     text.push_str("# HELP firkin_admission_rejected_total Creates rejected by admission, by reason.\n# TYPE firkin_admission_rejected_total counter\n");
     for (reason, n) in &a.rejected {
-        text.push_str(&format!(
-            "firkin_admission_rejected_total{{reason=\"{reason}\"}} {n}\n"
-        ));
+        text.push_str(&format!("firkin_admission_rejected_total{{reason=\"{reason}\"}} {n}\n"));
     }
     let mut headers = HeaderMap::new();
-    headers.insert(
-        "content-type",
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
+    headers.insert("content-type", HeaderValue::from_static("text/plain; version=0.0.4"));
     (headers, text).into_response()
 }
 

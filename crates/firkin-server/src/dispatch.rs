@@ -29,22 +29,15 @@ pub fn classify(headers: &HeaderMap, path: &str, query: Option<&str>) -> Destina
             None => ENVD_PORT,
             Some(p) => match p.trim().parse::<u16>() {
                 Ok(p) => p,
-                Err(_) => {
-                    return Destination::BadRoute(format!("invalid E2b-Sandbox-Port header {p:?}"))
-                }
+                Err(_) => return Destination::BadRoute(format!("invalid E2b-Sandbox-Port header {p:?}")),
             },
         };
-        return Destination::Sandbox {
-            id: id.trim().to_owned(),
-            port,
-        };
+        return Destination::Sandbox { id: id.trim().to_owned(), port };
     }
     if let Some((port, id)) = header_str(headers, "host").and_then(parse_sandbox_host) {
         return Destination::Sandbox { id, port };
     }
-    if path == "/files"
-        && query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("signature=")))
-    {
+    if path == "/files" && query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("signature="))) {
         return Destination::SignedFiles;
     }
     Destination::ControlPlane
@@ -62,11 +55,7 @@ pub fn parse_sandbox_host(host: &str) -> Option<(u16, String)> {
     }
     let (port, id) = first.split_once('-')?;
     let port: u16 = port.parse().ok()?;
-    if id.is_empty()
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    {
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
         return None;
     }
     Some((port, id.to_owned()))
@@ -86,48 +75,18 @@ mod tests {
 
     #[test]
     fn headers_win() {
-        let d = classify(
-            &h(&[("e2b-sandbox-id", "abc"), ("e2b-sandbox-port", "49999")]),
-            "/execute",
-            None,
-        );
-        assert_eq!(
-            d,
-            Destination::Sandbox {
-                id: "abc".into(),
-                port: 49999
-            }
-        );
+        let d = classify(&h(&[("e2b-sandbox-id", "abc"), ("e2b-sandbox-port", "49999")]), "/execute", None);
+        assert_eq!(d, Destination::Sandbox { id: "abc".into(), port: 49999 });
         let d = classify(&h(&[("e2b-sandbox-id", "abc")]), "/health", None);
-        assert_eq!(
-            d,
-            Destination::Sandbox {
-                id: "abc".into(),
-                port: 49983
-            }
-        );
-        let d = classify(
-            &h(&[("e2b-sandbox-id", "abc"), ("e2b-sandbox-port", "x")]),
-            "/",
-            None,
-        );
+        assert_eq!(d, Destination::Sandbox { id: "abc".into(), port: 49983 });
+        let d = classify(&h(&[("e2b-sandbox-id", "abc"), ("e2b-sandbox-port", "x")]), "/", None);
         assert!(matches!(d, Destination::BadRoute(_)));
     }
 
     #[test]
     fn host_routing() {
-        let d = classify(
-            &h(&[("host", "49983-abc123.localhost:3000")]),
-            "/health",
-            None,
-        );
-        assert_eq!(
-            d,
-            Destination::Sandbox {
-                id: "abc123".into(),
-                port: 49983
-            }
-        );
+        let d = classify(&h(&[("host", "49983-abc123.localhost:3000")]), "/health", None);
+        assert_eq!(d, Destination::Sandbox { id: "abc123".into(), port: 49983 });
         assert_eq!(
             classify(&h(&[("host", "127.0.0.1:3000")]), "/v2/sandboxes", None),
             Destination::ControlPlane
@@ -142,17 +101,8 @@ mod tests {
 
     #[test]
     fn signed_files_without_headers() {
-        assert_eq!(
-            classify(&h(&[]), "/files", Some("path=%2Fa&signature=v1_x")),
-            Destination::SignedFiles
-        );
-        assert_eq!(
-            classify(&h(&[]), "/files", Some("path=%2Fa")),
-            Destination::ControlPlane
-        );
-        assert_eq!(
-            classify(&h(&[]), "/sandboxes", None),
-            Destination::ControlPlane
-        );
+        assert_eq!(classify(&h(&[]), "/files", Some("path=%2Fa&signature=v1_x")), Destination::SignedFiles);
+        assert_eq!(classify(&h(&[]), "/files", Some("path=%2Fa")), Destination::ControlPlane);
+        assert_eq!(classify(&h(&[]), "/sandboxes", None), Destination::ControlPlane);
     }
 }

@@ -20,12 +20,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-            retry_after: None,
-            should_retry: None,
-        }
+        ApiError { status, message: message.into(), retry_after: None, should_retry: None }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
@@ -43,14 +38,11 @@ impl IntoResponse for ApiError {
         let body = json!({"code": self.status.as_u16(), "message": self.message});
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(s) = self.retry_after {
-            resp.headers_mut()
-                .insert("retry-after", HeaderValue::from(s));
+            resp.headers_mut().insert("retry-after", HeaderValue::from(s));
         }
         if let Some(r) = self.should_retry {
-            resp.headers_mut().insert(
-                "should-retry",
-                HeaderValue::from_static(if r { "true" } else { "false" }),
-            );
+            resp.headers_mut()
+                .insert("should-retry", HeaderValue::from_static(if r { "true" } else { "false" }));
         }
         resp
     }
@@ -74,17 +66,15 @@ impl From<RuntimeError> for ApiError {
         }
         let status = match &e {
             RuntimeError::Template(TemplateError::NotFound(_)) => StatusCode::NOT_FOUND,
-            RuntimeError::Template(TemplateError::RootfsMissing { .. }) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            RuntimeError::Template(TemplateError::RootfsMissing { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             RuntimeError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             RuntimeError::SandboxNotFound(_) => StatusCode::NOT_FOUND,
+            RuntimeError::AlreadyPaused(_) => StatusCode::CONFLICT,
             RuntimeError::Transition { .. } => StatusCode::CONFLICT,
             RuntimeError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
-            RuntimeError::Network {
-                source: firkin_core::network::NetworkError::Exhausted(_),
-                ..
-            } => StatusCode::SERVICE_UNAVAILABLE,
+            RuntimeError::Network { source: firkin_core::network::NetworkError::Exhausted(_), .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             RuntimeError::Engine { .. }
             | RuntimeError::Network { .. }
             | RuntimeError::NotReady { .. }
@@ -104,10 +94,7 @@ impl From<RuntimeError> for ApiError {
 pub fn sandbox_not_found(id: &str) -> Response {
     let body = json!({"sandboxId": id, "message": "The sandbox was not found", "code": 502});
     let mut resp = (StatusCode::BAD_GATEWAY, axum::Json(body)).into_response();
-    resp.headers_mut().insert(
-        "content-type",
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    resp.headers_mut().insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
     resp
 }
 

@@ -29,12 +29,8 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(runtime: Runtime, api_key: String) -> AppState {
-        let mut st = AppState {
-            runtime,
-            api_key,
-            upstream: proxy::upstream_client(),
-            control: Router::new(),
-        };
+        let mut st =
+            AppState { runtime, api_key, upstream: proxy::upstream_client(), control: Router::new() };
         st.control = control::router(st.clone());
         st
     }
@@ -57,9 +53,7 @@ async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
             if !PUBLIC_PATHS.contains(&req.uri().path()) {
                 let key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok());
                 match key {
-                    None => {
-                        return ApiError::unauthorized("missing X-API-KEY header").into_response()
-                    }
+                    None => return ApiError::unauthorized("missing X-API-KEY header").into_response(),
                     Some(k) if k != st.api_key => {
                         return ApiError::unauthorized("invalid API key").into_response()
                     }

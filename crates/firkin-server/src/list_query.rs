@@ -23,9 +23,7 @@ pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiErro
         }
     }
     if let Some(l) = params.get("limit") {
-        let n: usize = l
-            .parse()
-            .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?;
+        let n: usize = l.parse().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?;
         q.limit = Some(n);
     }
     q.cursor = params.get("nextToken").filter(|t| !t.is_empty()).cloned();
@@ -33,11 +31,7 @@ pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiErro
     match params.get("order").map(String::as_str) {
         None | Some("desc") | Some("") => {}
         Some("asc") => q.ascending = true,
-        Some(o) => {
-            return Err(ApiError::bad_request(format!(
-                "invalid order {o:?}: expected asc or desc"
-            )))
-        }
+        Some(o) => return Err(ApiError::bad_request(format!("invalid order {o:?}: expected asc or desc"))),
     }
     Ok(q)
 }
@@ -55,11 +49,7 @@ pub fn decode_metadata(raw: &str) -> Result<BTreeMap<String, String>, ApiError> 
 }
 
 fn decode_component(s: &str) -> Result<String, ApiError> {
-    let bad = || {
-        ApiError::bad_request(format!(
-            "metadata filter is not valid percent-encoded UTF-8: {s:?}"
-        ))
-    };
+    let bad = || ApiError::bad_request(format!("metadata filter is not valid percent-encoded UTF-8: {s:?}"));
     let plus_as_space = s.replace('+', " ");
     let form = urlencoding::decode(&plus_as_space).map_err(|_| bad())?;
     let quoted = urlencoding::decode(&form).map_err(|_| bad())?;
@@ -81,15 +71,11 @@ mod tests {
 
     #[test]
     fn states_limit_and_order() {
-        let p: HashMap<String, String> = [
-            ("state", "running,paused"),
-            ("limit", "2"),
-            ("order", "asc"),
-            ("nextToken", "x"),
-        ]
-        .into_iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
+        let p: HashMap<String, String> =
+            [("state", "running,paused"), ("limit", "2"), ("order", "asc"), ("nextToken", "x")]
+                .into_iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
         let q = list_query(&p).unwrap();
         assert_eq!(q.states, vec!["running", "paused"]);
         assert_eq!(q.limit, Some(2));

@@ -7,6 +7,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
 use firkin_core::runtime::SandboxRoute;
 use firkin_wire::agent::{ENVD_PORT, INIT_PATH};
 use firkin_wire::signature::FileOperation;
@@ -20,13 +21,15 @@ use crate::AppState;
 /// The upstream HTTP client shared by all proxied requests.
 pub type UpstreamClient = Client<HttpConnector, Body>;
 
+/// Upstream connections are not pooled: an idle keep-alive connection open inside a sandbox
+/// when it is checkpointed leaves the restored agent unable to serve (seen with runsc
+/// 2024-07-29 and `--net-disconnect-ok`). A new connection over the veth costs well under a
+/// millisecond.
 pub fn upstream_client() -> UpstreamClient {
     let mut conn = HttpConnector::new();
     conn.set_connect_timeout(Some(Duration::from_secs(5)));
     conn.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(conn)
+    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(conn)
 }
 
 const HOP_BY_HOP: &[&str] = &[
@@ -53,11 +56,7 @@ pub async fn to_sandbox(st: &AppState, id: &str, port: u16, req: Request) -> Res
 
 /// Routes a signed `/files` URL that came without routing headers.
 pub async fn signed_files(st: &AppState, req: Request) -> Response {
-    let op = if req.method() == axum::http::Method::GET {
-        FileOperation::Read
-    } else {
-        FileOperation::Write
-    };
+    let op = if req.method() == axum::http::Method::GET { FileOperation::Read } else { FileOperation::Write };
     let params: std::collections::HashMap<String, String> = req
         .uri()
         .query()
@@ -65,11 +64,8 @@ pub async fn signed_files(st: &AppState, req: Request) -> Response {
             q.split('&')
                 .filter_map(|kv| {
                     let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    let dec = |s: &str| {
-                        urlencoding::decode(&s.replace('+', " "))
-                            .ok()
-                            .map(|c| c.into_owned())
-                    };
+                    let dec =
+                        |s: &str| urlencoding::decode(&s.replace('+', " ")).ok().map(|c| c.into_owned());
                     Some((dec(k)?, dec(v)?))
                 })
                 .collect()
@@ -81,34 +77,46 @@ pub async fn signed_files(st: &AppState, req: Request) -> Response {
     let expiration = match params.get("signature_expiration").map(|s| s.parse::<i64>()) {
         None => None,
         Some(Ok(e)) => Some(e),
-        Some(Err(_)) => {
-            return ApiError::bad_request("invalid signature_expiration").into_response()
-        }
+        Some(Err(_)) => return ApiError::bad_request("invalid signature_expiration").into_response(),
     };
-    match st
-        .runtime
-        .route_by_file_signature(path, op, username, signature, expiration)
-    {
+    match st.runtime.route_by_file_signature(path, op, username, signature, expiration) {
         Some(route) => forward(st, &route, ENVD_PORT, req).await,
-        None => {
-            ApiError::unauthorized("invalid or expired file URL signature (or the sandbox is gone)")
-                .into_response()
-        }
+        None => ApiError::unauthorized("invalid or expired file URL signature (or the sandbox is gone)")
+            .into_response(),
     }
+}
+
+/// Streams `body` until it ends or the sandbox's traffic is cut (pause, kill). Dropping the
+/// upstream body mid-stream closes that connection to the agent.
+fn cuttable(body: Body, mut cut: tokio::sync::watch::Receiver<u64>) -> Body {
+    cut.borrow_and_update();
+    let frames = futures_util::stream::unfold(Some((body, cut)), |state| async move {
+        let (mut body, mut cut) = state?;
+        loop {
+            tokio::select! {
+                frame = body.frame() => match frame {
+                    None => return None,
+                    Some(Err(e)) => return Some((Err(e), None)),
+                    Some(Ok(f)) => {
+                        if let Ok(data) = f.into_data() {
+                            return Some((Ok(data), Some((body, cut))));
+                        }
+                        // Trailers are not forwarded over HTTP/1.1.
+                    }
+                },
+                _ = cut.changed() => return None,
+            }
+        }
+    });
+    Body::from_stream(frames)
 }
 
 async fn forward(st: &AppState, route: &SandboxRoute, port: u16, req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let uri: Uri = match format!("http://{}:{port}{pq}", route.agent_ip).parse() {
         Ok(u) => u,
-        Err(e) => {
-            return ApiError::bad_request(format!("invalid request path: {e}")).into_response()
-        }
+        Err(e) => return ApiError::bad_request(format!("invalid request path: {e}")).into_response(),
     };
     parts.uri = uri;
     parts.version = axum::http::Version::HTTP_11;
@@ -125,7 +133,7 @@ async fn forward(st: &AppState, route: &SandboxRoute, port: u16, req: Request) -
             for h in HOP_BY_HOP {
                 parts.headers.remove(*h);
             }
-            Response::from_parts(parts, Body::new(body))
+            Response::from_parts(parts, cuttable(Body::new(body), route.cut.clone()))
         }
         Err(e) if e.is_connect() => {
             // The sandbox may have been killed while the request was in flight.

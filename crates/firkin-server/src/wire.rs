@@ -53,14 +53,11 @@ pub struct TimeoutBody {
 
 /// Parses a JSON body into `T`, answering E2B-shaped 400s.
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 
 /// Like [`parse_json`] but an empty body is `T::default()`.
-pub fn parse_json_or_default<T: serde::de::DeserializeOwned + Default>(
-    bytes: &[u8],
-) -> Result<T, ApiError> {
+pub fn parse_json_or_default<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -69,13 +66,9 @@ pub fn parse_json_or_default<T: serde::de::DeserializeOwned + Default>(
 
 /// Seconds from the wire to a `Duration`, rejecting negatives.
 pub fn seconds(field: &str, v: i64) -> Result<std::time::Duration, ApiError> {
-    u64::try_from(v)
-        .map(std::time::Duration::from_secs)
-        .map_err(|_| {
-            ApiError::bad_request(format!(
-                "{field} must be a non-negative integer number of seconds, got {v}"
-            ))
-        })
+    u64::try_from(v).map(std::time::Duration::from_secs).map_err(|_| {
+        ApiError::bad_request(format!("{field} must be a non-negative integer number of seconds, got {v}"))
+    })
 }
 
 /// `Sandbox` (create / connect response).

@@ -22,16 +22,8 @@ const KEY: &str = "test-key";
 
 async fn app(tag: u8) -> (Router, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("firkin-http-test-{}-{tag}", std::process::id()));
-    let layout = Layout {
-        state_dir: dir.join("state"),
-        cache_dir: dir.join("cache"),
-    };
-    std::fs::create_dir_all(
-        layout
-            .rootfs_dir(firkin_core::template::BASE_ROOTFS)
-            .join("bin"),
-    )
-    .unwrap();
+    let layout = Layout { state_dir: dir.join("state"), cache_dir: dir.join("cache") };
+    std::fs::create_dir_all(layout.rootfs_dir(firkin_core::template::BASE_ROOTFS).join("bin")).unwrap();
     let mut cfg = RuntimeConfig::new(layout, "/nonexistent/agent");
     cfg.ready_timeout = Duration::from_millis(500);
     let base = Ipv4Addr::new(127, 202, tag, 0);
@@ -39,11 +31,7 @@ async fn app(tag: u8) -> (Router, std::path::PathBuf) {
         let (_, ip) = firkin_core::network::slots::slot_addrs(base, slot);
         fake_agent(ip).await;
     }
-    let rt = Runtime::new(
-        cfg,
-        Arc::new(FakeEngine::default()),
-        Arc::new(FakeNetwork { base }),
-    );
+    let rt = Runtime::new(cfg, Arc::new(FakeEngine::default()), Arc::new(FakeNetwork { base }));
     (firkin_server::app(AppState::new(rt, KEY.into())), dir)
 }
 
@@ -58,19 +46,14 @@ async fn call(
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    let resp = app
-        .clone()
-        .oneshot(b.body(Body::from(body.to_owned())).unwrap())
-        .await
-        .unwrap();
+    let resp = app.clone().oneshot(b.body(Body::from(body.to_owned())).unwrap()).await.unwrap();
     let status = resp.status();
     let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     let json = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+        serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
     };
     (status, headers, json)
 }
@@ -94,32 +77,17 @@ async fn auth_is_required_and_errors_are_e2b_json() {
     let (s, _, v) = call(&app, "POST", "/v2/sandboxes", &[AUTH], "{not json").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_e2b_error(&v, 400);
-    let (s, _, v) = call(
-        &app,
-        "POST",
-        "/v2/sandboxes",
-        &[AUTH],
-        r#"{"templateID":"nope","metadata":{},"envVars":{}}"#,
-    )
-    .await;
+    let (s, _, v) =
+        call(&app, "POST", "/v2/sandboxes", &[AUTH], r#"{"templateID":"nope","metadata":{},"envVars":{}}"#)
+            .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_e2b_error(&v, 404);
-    let (s, _, v) = call(
-        &app,
-        "POST",
-        "/v2/sandboxes",
-        &[AUTH],
-        r#"{"templateID":"base","timeout":-5}"#,
-    )
-    .await;
+    let (s, _, v) =
+        call(&app, "POST", "/v2/sandboxes", &[AUTH], r#"{"templateID":"base","timeout":-5}"#).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_e2b_error(&v, 400);
     let (_, _, v) = call(&app, "GET", "/v2/sandboxes", &[AUTH], "").await;
-    assert_eq!(
-        v.as_array().map(Vec::len),
-        Some(0),
-        "failed creates must leave nothing: {v}"
-    );
+    assert_eq!(v.as_array().map(Vec::len), Some(0), "failed creates must leave nothing: {v}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -138,56 +106,35 @@ async fn lifecycle_statuses_match_the_sdk_contract() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["state"], "running");
     assert_eq!(v["metadata"]["k"], "v");
-    for key in [
-        "startedAt",
-        "endAt",
-        "cpuCount",
-        "memoryMB",
-        "diskSizeMB",
-        "templateID",
-        "clientID",
-    ] {
+    for key in ["startedAt", "endAt", "cpuCount", "memoryMB", "diskSizeMB", "templateID", "clientID"] {
         assert!(!v[key].is_null(), "missing {key}: {v}");
     }
 
     let (s, _, _) = call(&app, "GET", "/health", &[("e2b-sandbox-id", &id)], "").await;
     assert_eq!(s, StatusCode::NO_CONTENT, "proxied to the agent");
     let (s, _, _) = call(&app, "POST", "/init", &[("e2b-sandbox-id", &id)], "{}").await;
-    assert_eq!(
-        s,
-        StatusCode::NOT_FOUND,
-        "/init is never proxied from clients"
-    );
+    assert_eq!(s, StatusCode::NOT_FOUND, "/init is never proxied from clients");
 
-    let (s, _, _) = call(
-        &app,
-        "POST",
-        &format!("/sandboxes/{id}/timeout"),
-        &[AUTH],
-        r#"{"timeout":30}"#,
-    )
-    .await;
+    let (s, _, _) =
+        call(&app, "POST", &format!("/sandboxes/{id}/timeout"), &[AUTH], r#"{"timeout":30}"#).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, _, v) = call(
-        &app,
-        "POST",
-        &format!("/v2/sandboxes/{id}/connect"),
-        &[AUTH],
-        r#"{"timeout":10}"#,
-    )
-    .await;
+    let (s, _, v) =
+        call(&app, "POST", &format!("/v2/sandboxes/{id}/connect"), &[AUTH], r#"{"timeout":10}"#).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["sandboxID"], id.as_str());
-    let (s, _, v) = call(
-        &app,
-        "POST",
-        &format!("/sandboxes/{id}/pause"),
-        &[AUTH],
-        "{}",
-    )
-    .await;
-    assert_eq!(s, StatusCode::NOT_IMPLEMENTED);
-    assert!(v["message"].as_str().unwrap().contains("pause"));
+    let (s, _, _) = call(&app, "POST", &format!("/sandboxes/{id}/pause"), &[AUTH], "{}").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, v) = call(&app, "POST", &format!("/sandboxes/{id}/pause"), &[AUTH], "{}").await;
+    assert_eq!(s, StatusCode::CONFLICT, "already paused: the SDK returns False");
+    assert_e2b_error(&v, 409);
+    let (_, _, v) = call(&app, "GET", &format!("/sandboxes/{id}"), &[AUTH], "").await;
+    assert_eq!(v["state"], "paused");
+    let (s, _, _) = call(&app, "GET", "/health", &[("e2b-sandbox-id", &id)], "").await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "no traffic while paused");
+    let (s, _, v) = call(&app, "POST", &format!("/v2/sandboxes/{id}/connect"), &[AUTH], "{}").await;
+    assert_eq!(s, StatusCode::CREATED, "resumed: {v}");
+    let (s, _, _) = call(&app, "GET", "/health", &[("e2b-sandbox-id", &id)], "").await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "traffic flows again after resume");
 
     let (s, _, _) = call(&app, "DELETE", &format!("/sandboxes/{id}"), &[AUTH], "").await;
     assert_eq!(s, StatusCode::NO_CONTENT);
@@ -197,24 +144,11 @@ async fn lifecycle_statuses_match_the_sdk_contract() {
     let (s, _, v) = call(&app, "GET", &format!("/sandboxes/{id}"), &[AUTH], "").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_e2b_error(&v, 404);
-    let (s, _, v) = call(
-        &app,
-        "POST",
-        &format!("/v2/sandboxes/{id}/connect"),
-        &[AUTH],
-        "{}",
-    )
-    .await;
+    let (s, _, v) = call(&app, "POST", &format!("/v2/sandboxes/{id}/connect"), &[AUTH], "{}").await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
     for port in ["49983", "49999", "8080"] {
-        let (s, _, v) = call(
-            &app,
-            "GET",
-            "/health",
-            &[("e2b-sandbox-id", &id), ("e2b-sandbox-port", port)],
-            "",
-        )
-        .await;
+        let (s, _, v) =
+            call(&app, "GET", "/health", &[("e2b-sandbox-id", &id), ("e2b-sandbox-port", port)], "").await;
         assert_eq!(s, StatusCode::BAD_GATEWAY);
         assert_eq!(v["message"], "The sandbox was not found");
         assert_eq!(v["sandboxId"], id.as_str());
@@ -227,9 +161,7 @@ async fn list_filters_and_paginates() {
     let (app, dir) = app(3).await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        let body = format!(
-            r#"{{"templateID":"base","metadata":{{"group":"g","i":"{i}"}},"envVars":{{}}}}"#
-        );
+        let body = format!(r#"{{"templateID":"base","metadata":{{"group":"g","i":"{i}"}},"envVars":{{}}}}"#);
         let (s, _, v) = call(&app, "POST", "/v2/sandboxes", &[AUTH], &body).await;
         assert_eq!(s, StatusCode::CREATED);
         ids.push(v["sandboxID"].as_str().unwrap().to_owned());
@@ -237,14 +169,8 @@ async fn list_filters_and_paginates() {
     let (_, h, v) = call(&app, "GET", "/v2/sandboxes?limit=2", &[AUTH], "").await;
     assert_eq!(v.as_array().unwrap().len(), 2);
     let token = h.get("x-next-token").unwrap().to_str().unwrap().to_owned();
-    let (_, h, v2) = call(
-        &app,
-        "GET",
-        &format!("/v2/sandboxes?limit=2&nextToken={token}"),
-        &[AUTH],
-        "",
-    )
-    .await;
+    let (_, h, v2) =
+        call(&app, "GET", &format!("/v2/sandboxes?limit=2&nextToken={token}"), &[AUTH], "").await;
     assert_eq!(v2.as_array().unwrap().len(), 1);
     assert!(h.get("x-next-token").is_none());
     let mut seen: Vec<String> = v

@@ -89,20 +89,9 @@ mod tests {
     #[test]
     fn verify_accepts_own_signature_and_rejects_others() {
         let sig = sign("/x", FileOperation::Write, "root", "k", Some(100));
+        assert_eq!(verify(&sig, "/x", FileOperation::Write, "root", "k", Some(100), 50), Ok(()));
         assert_eq!(
-            verify(&sig, "/x", FileOperation::Write, "root", "k", Some(100), 50),
-            Ok(())
-        );
-        assert_eq!(
-            verify(
-                &sig,
-                "/x",
-                FileOperation::Write,
-                "root",
-                "k",
-                Some(100),
-                101
-            ),
+            verify(&sig, "/x", FileOperation::Write, "root", "k", Some(100), 101),
             Err(SignatureRejection::Expired)
         );
         assert_eq!(

@@ -71,11 +71,7 @@ pub fn go_mode_string(mode: u32) -> String {
     }
     const RWX: &[u8] = b"rwxrwxrwx";
     for (i, c) in RWX.iter().enumerate() {
-        out.push(if mode & (1 << (8 - i)) != 0 {
-            char::from(*c)
-        } else {
-            '-'
-        });
+        out.push(if mode & (1 << (8 - i)) != 0 { char::from(*c) } else { '-' });
     }
     out
 }
@@ -98,12 +94,7 @@ fn type_of(ft: std::fs::FileType) -> FileType {
         FileType::Directory
     } else if ft.is_symlink() {
         FileType::Symlink
-    } else if ft.is_file()
-        || ft.is_fifo()
-        || ft.is_socket()
-        || ft.is_char_device()
-        || ft.is_block_device()
-    {
+    } else if ft.is_file() || ft.is_fifo() || ft.is_socket() || ft.is_char_device() || ft.is_block_device() {
         FileType::File
     } else {
         FileType::Unspecified
@@ -118,10 +109,7 @@ pub struct EntryInfo {
     #[serde(rename = "type")]
     pub file_type: FileType,
     pub path: String,
-    #[serde(
-        serialize_with = "json::int64_as_string",
-        skip_serializing_if = "json::is_zero_i64"
-    )]
+    #[serde(serialize_with = "json::int64_as_string", skip_serializing_if = "json::is_zero_i64")]
     pub size: i64,
     #[serde(skip_serializing_if = "json::is_zero_u32")]
     pub mode: u32,
@@ -143,9 +131,7 @@ pub struct EntryInfo {
 
 fn rfc3339(meta: &Metadata) -> Option<String> {
     let nanos = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
-    OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
+    OffsetDateTime::from_unix_timestamp_nanos(nanos).ok().and_then(|t| t.format(&Rfc3339).ok())
 }
 
 /// Builds the entry for `path` from its `lstat` data. A symlink is reported with the type of
@@ -154,22 +140,16 @@ fn rfc3339(meta: &Metadata) -> Option<String> {
 pub fn from_metadata(path: &Path, meta: &Metadata) -> EntryInfo {
     let is_symlink = meta.file_type().is_symlink();
     let (file_type, symlink_target) = if is_symlink {
-        let target = std::fs::canonicalize(path)
-            .ok()
-            .or_else(|| std::fs::read_link(path).ok());
-        let target_type = std::fs::metadata(path)
-            .map(|m| type_of(m.file_type()))
-            .unwrap_or(FileType::Symlink);
+        let target = std::fs::canonicalize(path).ok().or_else(|| std::fs::read_link(path).ok());
+        let target_type =
+            std::fs::metadata(path).map(|m| type_of(m.file_type())).unwrap_or(FileType::Symlink);
         (target_type, target.map(|t| t.display().to_string()))
     } else {
         (type_of(meta.file_type()), None)
     };
     let mode = go_file_mode(meta.mode());
     EntryInfo {
-        name: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "/".into()),
+        name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into()),
         file_type,
         path: path.display().to_string(),
         size: i64::try_from(meta.size()).unwrap_or(i64::MAX),
@@ -202,9 +182,7 @@ fn walk_into(dir: &Path, shown: &Path, depth: u32, out: &mut Vec<EntryInfo>) -> 
     if depth == 0 {
         return Ok(());
     }
-    let mut names: Vec<_> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.file_name()))
-        .collect();
+    let mut names: Vec<_> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
     names.sort();
     for name in names {
         let real: PathBuf = dir.join(&name);

@@ -46,12 +46,7 @@ pub struct WatchRequest {
     pub path: String,
     #[serde(default, deserialize_with = "json::nullable")]
     pub recursive: bool,
-    #[serde(
-        default,
-        rename = "includeEntry",
-        alias = "include_entry",
-        deserialize_with = "json::nullable"
-    )]
+    #[serde(default, rename = "includeEntry", alias = "include_entry", deserialize_with = "json::nullable")]
     pub include_entry: bool,
     #[serde(
         default,
@@ -64,12 +59,7 @@ pub struct WatchRequest {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct WatcherIdRequest {
-    #[serde(
-        default,
-        rename = "watcherId",
-        alias = "watcher_id",
-        deserialize_with = "json::nullable"
-    )]
+    #[serde(default, rename = "watcherId", alias = "watcher_id", deserialize_with = "json::nullable")]
     pub watcher_id: String,
 }
 
@@ -100,16 +90,9 @@ pub enum FsError {
 impl FsError {
     fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
         if source.kind() == io::ErrorKind::NotFound {
-            FsError::NotFound {
-                op,
-                path: path.into(),
-            }
+            FsError::NotFound { op, path: path.into() }
         } else {
-            FsError::Io {
-                op,
-                path: path.into(),
-                source,
-            }
+            FsError::Io { op, path: path.into(), source }
         }
     }
 
@@ -124,9 +107,7 @@ impl FsError {
                 _ if source.raw_os_error() == Some(libc::ENOTDIR) => Code::InvalidArgument,
                 _ => Code::Internal,
             },
-            FsError::Watch(WatchError::NotFound { .. } | WatchError::UnknownWatcher(_)) => {
-                Code::NotFound
-            }
+            FsError::Watch(WatchError::NotFound { .. } | WatchError::UnknownWatcher(_)) => Code::NotFound,
             FsError::Watch(WatchError::NotADirectory { .. }) => Code::InvalidArgument,
             FsError::Watch(WatchError::Notify { .. }) => Code::Internal,
             FsError::User(_) => Code::Unauthenticated,
@@ -146,9 +127,7 @@ pub const UPLOAD_TEMP_PREFIX: &str = ".firkin-upload-";
 
 /// Whether `rel` (a path below a watched directory) names an in-flight upload temp file.
 pub fn is_upload_temp(rel: &Path) -> bool {
-    rel.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with(UPLOAD_TEMP_PREFIX))
+    rel.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(UPLOAD_TEMP_PREFIX))
 }
 
 /// Creates `dir` and any missing parents, chowning each directory it creates to `user`.
@@ -227,17 +206,12 @@ impl FilesystemService {
     /// `ListDir`.
     pub fn list_dir(&self, user: &SandboxUser, req: ListDirRequest) -> Result<Value, FsError> {
         let path = crate::paths::resolve(&req.path, &user.home);
-        let resolved =
-            std::fs::canonicalize(&path).map_err(|e| FsError::io("list_dir", &path, e))?;
+        let resolved = std::fs::canonicalize(&path).map_err(|e| FsError::io("list_dir", &path, e))?;
         if !resolved.is_dir() {
-            return Err(FsError::NotADirectory {
-                op: "list_dir",
-                path,
-            });
+            return Err(FsError::NotADirectory { op: "list_dir", path });
         }
         let depth = req.depth.max(1);
-        let entries =
-            entry::walk(&resolved, &path, depth).map_err(|e| FsError::io("list_dir", &path, e))?;
+        let entries = entry::walk(&resolved, &path, depth).map_err(|e| FsError::io("list_dir", &path, e))?;
         Ok(json!({ "entries": entries }))
     }
 
@@ -257,11 +231,7 @@ impl FilesystemService {
     }
 
     /// Starts a watch for `WatchDir` / `CreateWatcher`.
-    pub fn watch(
-        &self,
-        user: &SandboxUser,
-        req: &WatchRequest,
-    ) -> Result<watch::DirWatch, FsError> {
+    pub fn watch(&self, user: &SandboxUser, req: &WatchRequest) -> Result<watch::DirWatch, FsError> {
         let path = crate::paths::resolve(&req.path, &user.home);
         Ok(watch::start(&path, req.recursive, req.include_entry)?)
     }
@@ -295,8 +265,7 @@ mod tests {
         let a: WatchRequest =
             serde_json::from_str(r#"{"path":"/x","includeEntry":true,"recursive":true}"#).unwrap();
         assert!(a.include_entry && a.recursive);
-        let b: WatchRequest =
-            serde_json::from_str(r#"{"path":"/x","include_entry":true}"#).unwrap();
+        let b: WatchRequest = serde_json::from_str(r#"{"path":"/x","include_entry":true}"#).unwrap();
         assert!(b.include_entry);
         let w: WatcherIdRequest = serde_json::from_str(r#"{"watcher_id":"abc"}"#).unwrap();
         assert_eq!(w.watcher_id, "abc");

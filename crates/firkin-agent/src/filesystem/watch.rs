@@ -107,34 +107,17 @@ pub fn start(root: &Path, recursive: bool, include_entry: bool) -> Result<DirWat
                 continue; // the watched directory itself
             }
             let entry = (include_entry
-                && matches!(
-                    event_type,
-                    EventType::Create | EventType::Write | EventType::Chmod
-                ))
+                && matches!(event_type, EventType::Create | EventType::Write | EventType::Chmod))
             .then(|| entry::stat(path).ok())
             .flatten();
-            let _ = tx.send(FilesystemEvent {
-                name,
-                event_type,
-                entry,
-            });
+            let _ = tx.send(FilesystemEvent { name, event_type, entry });
         }
     };
-    let notify_err = |source| WatchError::Notify {
-        path: root.into(),
-        source,
-    };
+    let notify_err = |source| WatchError::Notify { path: root.into(), source };
     let mut watcher = notify::recommended_watcher(handler).map_err(notify_err)?;
-    let mode = if recursive {
-        RecursiveMode::Recursive
-    } else {
-        RecursiveMode::NonRecursive
-    };
+    let mode = if recursive { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
     watcher.watch(root, mode).map_err(notify_err)?;
-    Ok(DirWatch {
-        _watcher: watcher,
-        events: rx,
-    })
+    Ok(DirWatch { _watcher: watcher, events: rx })
 }
 
 /// Writes the `WatchDir` stream until the client goes away.
@@ -189,9 +172,7 @@ impl WatcherTable {
     /// Events since the previous poll.
     pub fn drain(&self, id: &str) -> Result<Vec<FilesystemEvent>, WatchError> {
         let mut watchers = self.lock();
-        let watch = watchers
-            .get_mut(id)
-            .ok_or_else(|| WatchError::UnknownWatcher(id.to_string()))?;
+        let watch = watchers.get_mut(id).ok_or_else(|| WatchError::UnknownWatcher(id.to_string()))?;
         let mut out = Vec::new();
         while let Ok(ev) = watch.events.try_recv() {
             out.push(ev);
@@ -201,10 +182,7 @@ impl WatcherTable {
 
     /// Stops and forgets a watcher.
     pub fn remove(&self, id: &str) -> Result<(), WatchError> {
-        self.lock()
-            .remove(id)
-            .map(|_| ())
-            .ok_or_else(|| WatchError::UnknownWatcher(id.to_string()))
+        self.lock().remove(id).map(|_| ()).ok_or_else(|| WatchError::UnknownWatcher(id.to_string()))
     }
 }
 
@@ -215,29 +193,14 @@ mod tests {
 
     #[test]
     fn kinds_map_like_fsnotify() {
-        assert_eq!(
-            map_kind(&EventKind::Create(CreateKind::File)),
-            Some(EventType::Create)
-        );
-        assert_eq!(
-            map_kind(&EventKind::Modify(ModifyKind::Data(DataChange::Any))),
-            Some(EventType::Write)
-        );
+        assert_eq!(map_kind(&EventKind::Create(CreateKind::File)), Some(EventType::Create));
+        assert_eq!(map_kind(&EventKind::Modify(ModifyKind::Data(DataChange::Any))), Some(EventType::Write));
         assert_eq!(
             map_kind(&EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any))),
             Some(EventType::Chmod)
         );
-        assert_eq!(
-            map_kind(&EventKind::Modify(ModifyKind::Name(RenameMode::From))),
-            Some(EventType::Rename)
-        );
-        assert_eq!(
-            map_kind(&EventKind::Modify(ModifyKind::Name(RenameMode::Both))),
-            None
-        );
-        assert_eq!(
-            map_kind(&EventKind::Remove(RemoveKind::File)),
-            Some(EventType::Remove)
-        );
+        assert_eq!(map_kind(&EventKind::Modify(ModifyKind::Name(RenameMode::From))), Some(EventType::Rename));
+        assert_eq!(map_kind(&EventKind::Modify(ModifyKind::Name(RenameMode::Both))), None);
+        assert_eq!(map_kind(&EventKind::Remove(RemoveKind::File)), Some(EventType::Remove));
     }
 }

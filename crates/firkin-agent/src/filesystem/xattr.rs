@@ -10,8 +10,7 @@ use std::path::Path;
 pub const PREFIX: &str = "user.e2b.";
 
 fn c_path(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
 fn list_names(path: &CString) -> io::Result<Vec<u8>> {
@@ -36,14 +35,7 @@ fn list_names(path: &CString) -> io::Result<Vec<u8>> {
 fn get(path: &CString, name: &CString) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 4096];
     // SAFETY: `buf` is writable for `buf.len()` bytes; both strings are NUL-terminated.
-    let len = unsafe {
-        libc::lgetxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
+    let len = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     if len < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -71,10 +63,7 @@ pub fn read_metadata(path: &Path) -> BTreeMap<String, String> {
             continue;
         };
         if let Ok(value) = get(&cpath, &cname) {
-            out.insert(
-                key.to_string(),
-                String::from_utf8_lossy(&value).into_owned(),
-            );
+            out.insert(key.to_string(), String::from_utf8_lossy(&value).into_owned());
         }
     }
     out
@@ -83,18 +72,11 @@ pub fn read_metadata(path: &Path) -> BTreeMap<String, String> {
 /// Sets `user.e2b.<key>` = `value` on `path`.
 pub fn set(path: &Path, key: &str, value: &str) -> io::Result<()> {
     let cpath = c_path(path)?;
-    let cname = CString::new(format!("{PREFIX}{key}"))
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let cname =
+        CString::new(format!("{PREFIX}{key}")).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: all pointers are valid for the given lengths during the call.
-    let rc = unsafe {
-        libc::lsetxattr(
-            cpath.as_ptr(),
-            cname.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
+    let rc =
+        unsafe { libc::lsetxattr(cpath.as_ptr(), cname.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {

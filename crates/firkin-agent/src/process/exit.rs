@@ -50,24 +50,14 @@ pub fn end_event_for(outcome: ExitOutcome) -> EndEvent {
     match outcome {
         ExitOutcome::Exited(code) => {
             let status = format!("exit status {code}");
-            EndEvent {
-                exit_code: code,
-                exited: true,
-                error: (code != 0).then(|| status.clone()),
-                status,
-            }
+            EndEvent { exit_code: code, exited: true, error: (code != 0).then(|| status.clone()), status }
         }
         ExitOutcome::Signaled { signo, core_dumped } => {
             let mut status = format!("signal: {}", go_signal_name(signo));
             if core_dumped {
                 status.push_str(" (core dumped)");
             }
-            EndEvent {
-                exit_code: -1,
-                exited: false,
-                error: Some(status.clone()),
-                status,
-            }
+            EndEvent { exit_code: -1, exited: false, error: Some(status.clone()), status }
         }
     }
 }
@@ -79,30 +69,18 @@ mod tests {
     #[test]
     fn mirrors_go_process_state() {
         let ok = end_event_for(ExitOutcome::Exited(0));
-        assert_eq!(
-            (ok.exit_code, ok.exited, ok.status.as_str()),
-            (0, true, "exit status 0")
-        );
+        assert_eq!((ok.exit_code, ok.exited, ok.status.as_str()), (0, true, "exit status 0"));
         assert_eq!(ok.error, None);
         let three = end_event_for(ExitOutcome::Exited(3));
         assert_eq!(three.error.as_deref(), Some("exit status 3"));
-        let killed = end_event_for(ExitOutcome::Signaled {
-            signo: 9,
-            core_dumped: false,
-        });
+        let killed = end_event_for(ExitOutcome::Signaled { signo: 9, core_dumped: false });
         assert_eq!(killed.exit_code, -1);
         assert!(!killed.exited);
         assert_eq!(killed.status, "signal: killed");
         assert_eq!(killed.error.as_deref(), Some("signal: killed"));
-        let term = end_event_for(ExitOutcome::Signaled {
-            signo: 15,
-            core_dumped: false,
-        });
+        let term = end_event_for(ExitOutcome::Signaled { signo: 15, core_dumped: false });
         assert_eq!(term.status, "signal: terminated");
-        let segv = end_event_for(ExitOutcome::Signaled {
-            signo: 11,
-            core_dumped: true,
-        });
+        let segv = end_event_for(ExitOutcome::Signaled { signo: 11, core_dumped: true });
         assert_eq!(segv.status, "signal: segmentation fault (core dumped)");
         assert_eq!(go_signal_name(40), "signal 40");
     }

@@ -40,9 +40,9 @@ impl FdReader {
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
             let mut guard = self.fd.readable().await?;
-            match guard.try_io(|inner| {
-                nix::unistd::read(inner.as_raw_fd(), &mut buf).map_err(io::Error::from)
-            }) {
+            match guard
+                .try_io(|inner| nix::unistd::read(inner.as_raw_fd(), &mut buf).map_err(io::Error::from))
+            {
                 Ok(Ok(0)) => return Ok(None),
                 Ok(Ok(n)) => {
                     buf.truncate(n);
@@ -71,9 +71,9 @@ impl FdWriter {
     pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             let mut guard = self.fd.writable().await?;
-            match guard.try_io(|inner| {
-                nix::unistd::write(inner.get_ref().as_fd(), data).map_err(io::Error::from)
-            }) {
+            match guard
+                .try_io(|inner| nix::unistd::write(inner.get_ref().as_fd(), data).map_err(io::Error::from))
+            {
                 Ok(Ok(n)) => data = &data[n..],
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Ok(Err(e)) => return Err(e),

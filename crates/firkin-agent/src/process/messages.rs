@@ -12,17 +12,9 @@ use crate::json::{self, EnumValue};
 pub struct ProcessConfig {
     #[serde(default, deserialize_with = "json::nullable")]
     pub cmd: String,
-    #[serde(
-        default,
-        deserialize_with = "json::nullable",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(default, deserialize_with = "json::nullable", skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
-    #[serde(
-        default,
-        deserialize_with = "json::nullable",
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
+    #[serde(default, deserialize_with = "json::nullable", skip_serializing_if = "BTreeMap::is_empty")]
     pub envs: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
@@ -211,12 +203,7 @@ mod tests {
             data_event(OutputKind::Stdout, b"hi\n").to_string(),
             r#"{"event":{"data":{"stdout":"aGkK"}}}"#
         );
-        let end = EndEvent {
-            exit_code: 0,
-            exited: true,
-            status: "exit status 0".into(),
-            error: None,
-        };
+        let end = EndEvent { exit_code: 0, exited: true, status: "exit status 0".into(), error: None };
         assert_eq!(
             end_event(&end).to_string(),
             r#"{"event":{"end":{"exited":true,"status":"exit status 0"}}}"#

@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 
 use self::fdio::{FdReader, FdWriter};
 use self::messages::{
-    OutputKind, SelectorRequest, SendInputRequest, SendSignalRequest, StartRequest,
-    StreamInputRequest, UpdateRequest,
+    OutputKind, SelectorRequest, SendInputRequest, SendSignalRequest, StartRequest, StreamInputRequest,
+    UpdateRequest,
 };
 use self::registry::{InputError, ProcessEntry, ProcessTable, Subscription};
 use crate::auth::RequestUserError;
@@ -98,9 +98,7 @@ impl From<ProcessError> for ConnectError {
 /// Maps a proto `Signal` value (name like `SIGNAL_SIGKILL` or its number) to a signal.
 pub fn parse_signal(value: &EnumValue) -> Option<Signal> {
     match value {
-        EnumValue::Number(n) => i32::try_from(*n)
-            .ok()
-            .and_then(|n| Signal::try_from(n).ok()),
+        EnumValue::Number(n) => i32::try_from(*n).ok().and_then(|n| Signal::try_from(n).ok()),
         EnumValue::Name(name) => {
             let bare = name.strip_prefix("SIGNAL_").unwrap_or(name);
             Signal::from_str(bare).ok()
@@ -124,19 +122,14 @@ pub struct ProcessService {
 
 impl ProcessService {
     pub fn new(reaper: Arc<Reaper>) -> Self {
-        Self {
-            table: Arc::new(ProcessTable::default()),
-            reaper,
-        }
+        Self { table: Arc::new(ProcessTable::default()), reaper }
     }
 
     fn live(&self, selector: &messages::Selector) -> Result<Arc<ProcessEntry>, ProcessError> {
         if selector.pid.is_none() && selector.tag.is_none() {
             return Err(ProcessError::NoSelector);
         }
-        self.table
-            .find_live(selector)
-            .ok_or_else(|| ProcessError::NotFound(describe(selector)))
+        self.table.find_live(selector).ok_or_else(|| ProcessError::NotFound(describe(selector)))
     }
 
     /// `Start`: spawns the process and attaches the caller's stream to it.
@@ -151,17 +144,11 @@ impl ProcessService {
             _ => ctx.config.workdir_for(&user),
         };
         if !spawn::is_dir(&cwd) {
-            let shown = req
-                .process
-                .cwd
-                .clone()
-                .unwrap_or_else(|| cwd.display().to_string());
+            let shown = req.process.cwd.clone().unwrap_or_else(|| cwd.display().to_string());
             return Err(ProcessError::CwdMissing(shown));
         }
         let env = spawn::compose_env(&user, &ctx.config.env_vars, &req.process.envs);
-        let pty = req
-            .pty
-            .map(|p| p.size.map(|s| (s.cols, s.rows)).unwrap_or((80, 24)));
+        let pty = req.pty.map(|p| p.size.map(|s| (s.cols, s.rows)).unwrap_or((80, 24)));
         let spec = spawn::SpawnSpec {
             cmd: &req.process.cmd,
             args: &req.process.args,
@@ -171,10 +158,8 @@ impl ProcessService {
             stdin: req.stdin.unwrap_or(true),
             pty,
         };
-        let spawned = spawn::spawn(&self.reaper, &spec).map_err(|source| ProcessError::Spawn {
-            cmd: req.process.cmd.clone(),
-            source,
-        })?;
+        let spawned = spawn::spawn(&self.reaper, &spec)
+            .map_err(|source| ProcessError::Spawn { cmd: req.process.cmd.clone(), source })?;
         let pid = spawned.pid;
         let io_err = |source| ProcessError::Io { pid, source };
 
@@ -191,27 +176,12 @@ impl ProcessService {
         if let Some(fd) = spawned.stderr {
             readers.push((OutputKind::Stderr, FdReader::new(fd).map_err(io_err)?));
         }
-        let stdin = spawned
-            .stdin
-            .map(FdWriter::new)
-            .transpose()
-            .map_err(io_err)?;
+        let stdin = spawned.stdin.map(FdWriter::new).transpose().map_err(io_err)?;
 
-        let entry = Arc::new(ProcessEntry::new(
-            pid,
-            req.tag,
-            req.process,
-            stdin,
-            pty_writer,
-        ));
+        let entry = Arc::new(ProcessEntry::new(pid, req.tag, req.process, stdin, pty_writer));
         let subscription = entry.subscribe();
         self.table.insert(entry.clone());
-        tokio::spawn(registry::pump(
-            self.table.clone(),
-            entry.clone(),
-            readers,
-            spawned.exit,
-        ));
+        tokio::spawn(registry::pump(self.table.clone(), entry.clone(), readers, spawned.exit));
         if let Some(deadline) = ctx.timeout() {
             let entry = entry.clone();
             tokio::spawn(async move {
@@ -227,10 +197,7 @@ impl ProcessService {
     }
 
     /// `Connect`: attaches to a running (or recently exited) process.
-    pub fn connect(
-        &self,
-        req: SelectorRequest,
-    ) -> Result<(Arc<ProcessEntry>, Subscription), ProcessError> {
+    pub fn connect(&self, req: SelectorRequest) -> Result<(Arc<ProcessEntry>, Subscription), ProcessError> {
         let entry = self
             .table
             .find_any(&req.process)
@@ -260,13 +227,7 @@ impl ProcessService {
     pub fn send_signal(&self, req: SendSignalRequest) -> Result<Value, ProcessError> {
         let entry = self.live(&req.process)?;
         let signal = parse_signal(&req.signal).ok_or(ProcessError::BadSignal(req.signal))?;
-        entry
-            .signal(signal)
-            .map_err(|source| ProcessError::Signal {
-                pid: entry.pid,
-                signal,
-                source,
-            })?;
+        entry.signal(signal).map_err(|source| ProcessError::Signal { pid: entry.pid, signal, source })?;
         Ok(json!({}))
     }
 
@@ -369,19 +330,10 @@ mod tests {
 
     #[test]
     fn signal_names_and_numbers() {
-        assert_eq!(
-            parse_signal(&EnumValue::Name("SIGNAL_SIGKILL".into())),
-            Some(Signal::SIGKILL)
-        );
-        assert_eq!(
-            parse_signal(&EnumValue::Name("SIGNAL_SIGTERM".into())),
-            Some(Signal::SIGTERM)
-        );
+        assert_eq!(parse_signal(&EnumValue::Name("SIGNAL_SIGKILL".into())), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal(&EnumValue::Name("SIGNAL_SIGTERM".into())), Some(Signal::SIGTERM));
         assert_eq!(parse_signal(&EnumValue::Number(9)), Some(Signal::SIGKILL));
         assert_eq!(parse_signal(&EnumValue::Number(0)), None);
-        assert_eq!(
-            parse_signal(&EnumValue::Name("SIGNAL_UNSPECIFIED".into())),
-            None
-        );
+        assert_eq!(parse_signal(&EnumValue::Name("SIGNAL_UNSPECIFIED".into())), None);
     }
 }

@@ -28,10 +28,7 @@ pub fn open(cols: u32, rows: u32) -> io::Result<PtyPair> {
     for fd in [&pair.master, &pair.slave] {
         fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
     }
-    Ok(PtyPair {
-        master: pair.master,
-        slave: pair.slave,
-    })
+    Ok(PtyPair { master: pair.master, slave: pair.slave })
 }
 
 /// Resizes the terminal behind `master`.

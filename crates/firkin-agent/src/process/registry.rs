@@ -126,19 +126,14 @@ impl ProcessEntry {
 
     fn publish(&self, output: Output) {
         let mut fanout = lock(&self.fanout);
-        fanout
-            .subscribers
-            .retain(|tx| match tx.try_send(output.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!(
-                        pid = self.pid,
-                        "stream is not reading; dropping output chunk"
-                    );
-                    true
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
+        fanout.subscribers.retain(|tx| match tx.try_send(output.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(pid = self.pid, "stream is not reading; dropping output chunk");
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
     }
 
     fn finish(&self, end: EndEvent) {
@@ -151,10 +146,7 @@ impl ProcessEntry {
     pub async fn write_stdin(&self, data: &[u8]) -> Result<(), InputError> {
         let guard = self.stdin.lock().await;
         match guard.as_ref() {
-            Some(w) => w.write_all(data).await.map_err(|source| InputError::Write {
-                pid: self.pid,
-                source,
-            }),
+            Some(w) => w.write_all(data).await.map_err(|source| InputError::Write { pid: self.pid, source }),
             None if self.is_pty() => self.write_pty(data).await,
             None => Err(InputError::StdinClosed(self.pid)),
         }
@@ -162,17 +154,8 @@ impl ProcessEntry {
 
     /// Writes to the pty master.
     pub async fn write_pty(&self, data: &[u8]) -> Result<(), InputError> {
-        let master = self
-            .pty_master
-            .as_ref()
-            .ok_or(InputError::NoPty(self.pid))?;
-        master
-            .write_all(data)
-            .await
-            .map_err(|source| InputError::Write {
-                pid: self.pid,
-                source,
-            })
+        let master = self.pty_master.as_ref().ok_or(InputError::NoPty(self.pid))?;
+        master.write_all(data).await.map_err(|source| InputError::Write { pid: self.pid, source })
     }
 
     /// Closes stdin (EOF for the child). Idempotent.
@@ -186,14 +169,9 @@ impl ProcessEntry {
 
     /// Resizes the pty.
     pub fn resize(&self, cols: u32, rows: u32) -> Result<(), InputError> {
-        let master = self
-            .pty_master
-            .as_ref()
-            .ok_or(InputError::NoPty(self.pid))?;
-        super::pty::resize(master.raw_fd(), cols, rows).map_err(|source| InputError::Write {
-            pid: self.pid,
-            source,
-        })
+        let master = self.pty_master.as_ref().ok_or(InputError::NoPty(self.pid))?;
+        super::pty::resize(master.raw_fd(), cols, rows)
+            .map_err(|source| InputError::Write { pid: self.pid, source })
     }
 
     /// Sends `sig`. SIGKILL goes to the whole process group (every child is a group leader),
@@ -214,11 +192,7 @@ impl ProcessEntry {
     }
 
     fn info(&self) -> ProcessInfo {
-        ProcessInfo {
-            config: self.config.clone(),
-            pid: self.pid,
-            tag: self.tag.clone(),
-        }
+        ProcessInfo { config: self.config.clone(), pid: self.pid, tag: self.tag.clone() }
     }
 }
 
@@ -263,12 +237,7 @@ impl ProcessTable {
         }
         let mut tables = lock(&self.tables);
         prune(&mut tables.exited);
-        tables
-            .exited
-            .iter()
-            .rev()
-            .find(|(_, e)| matches(e, selector))
-            .map(|(_, e)| e.clone())
+        tables.exited.iter().rev().find(|(_, e)| matches(e, selector)).map(|(_, e)| e.clone())
     }
 
     pub fn list(&self) -> Vec<ProcessInfo> {
@@ -291,10 +260,7 @@ fn prune(exited: &mut VecDeque<(Instant, Arc<ProcessEntry>)>) {
     while exited.len() > EXITED_KEEP_COUNT {
         exited.pop_front();
     }
-    while exited
-        .front()
-        .is_some_and(|(at, _)| at.elapsed() > EXITED_KEEP_FOR)
-    {
+    while exited.front().is_some_and(|(at, _)| at.elapsed() > EXITED_KEEP_FOR) {
         exited.pop_front();
     }
 }

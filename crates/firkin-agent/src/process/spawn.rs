@@ -71,11 +71,7 @@ impl Credentials {
         if !nix::unistd::geteuid().is_root() {
             return None;
         }
-        Some(Credentials {
-            uid: user.uid,
-            gid: user.gid,
-            groups: user.groups(),
-        })
+        Some(Credentials { uid: user.uid, gid: user.gid, groups: user.groups() })
     }
 
     /// Async-signal-safe: only raw syscalls, no allocation.
@@ -89,11 +85,7 @@ impl Credentials {
 
 fn build_command(spec: &SpawnSpec<'_>) -> Command {
     let mut command = Command::new(spec.cmd);
-    command
-        .args(spec.args)
-        .env_clear()
-        .envs(&spec.env)
-        .current_dir(&spec.cwd);
+    command.args(spec.args).env_clear().envs(&spec.env).current_dir(&spec.cwd);
     command
 }
 
@@ -127,11 +119,7 @@ pub fn spawn(reaper: &Reaper, spec: &SpawnSpec<'_>) -> io::Result<Spawned> {
         }
         None => {
             command
-                .stdin(if spec.stdin {
-                    Stdio::piped()
-                } else {
-                    Stdio::null()
-                })
+                .stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() })
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .process_group(0);
@@ -150,14 +138,7 @@ pub fn spawn(reaper: &Reaper, spec: &SpawnSpec<'_>) -> io::Result<Spawned> {
             Ok((child.id(), (stdin, stdout, stderr, None)))
         }
     })?;
-    Ok(Spawned {
-        pid,
-        stdin,
-        stdout,
-        stderr,
-        pty_master,
-        exit,
-    })
+    Ok(Spawned { pid, stdin, stdout, stderr, pty_master, exit })
 }
 
 /// Whether `path` is an existing directory.

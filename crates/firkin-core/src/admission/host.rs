@@ -10,9 +10,7 @@ pub const HOST_MEMORY_RESERVE_MB: u64 = 1024;
 
 /// Reads the host's capacity. `cpu_overcommit` multiplies the CPU count.
 pub fn host_capacity(state_dir: &Path, cpu_overcommit: u32) -> Resources {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get() as u64)
-        .unwrap_or(1);
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
     let mem_total_mb = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| parse_meminfo_kb(&s, "MemTotal:"))
@@ -39,12 +37,7 @@ pub fn free_disk_mb(path: &Path) -> Option<u64> {
 }
 
 fn parse_meminfo_kb(text: &str, key: &str) -> Option<u64> {
-    text.lines()
-        .find(|l| l.starts_with(key))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    text.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[cfg(test)]

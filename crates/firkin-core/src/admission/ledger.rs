@@ -43,11 +43,7 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(capacity: Resources) -> Ledger {
-        Ledger {
-            capacity,
-            entries: BTreeMap::new(),
-            next: 1,
-        }
+        Ledger { capacity, entries: BTreeMap::new(), next: 1 }
     }
 
     pub fn capacity(&self) -> Resources {
@@ -58,18 +54,12 @@ impl Ledger {
     fn charge(class: Class, req: Resources) -> Resources {
         match class {
             Class::Active | Class::Warm => req,
-            Class::Paused => Resources {
-                milli_cpu: 0,
-                memory_mb: 0,
-                disk_mb: req.disk_mb,
-            },
+            Class::Paused => Resources { milli_cpu: 0, memory_mb: 0, disk_mb: req.disk_mb },
         }
     }
 
     pub fn used(&self) -> Resources {
-        self.entries
-            .values()
-            .fold(Resources::default(), |acc, e| acc.add(&e.amount))
+        self.entries.values().fold(Resources::default(), |acc, e| acc.add(&e.amount))
     }
 
     pub fn used_by(&self, class: Class) -> Resources {
@@ -116,24 +106,13 @@ impl Ledger {
 
     /// Returns a reservation's capacity. Releasing twice is an error, never a double credit.
     pub fn release(&mut self, id: ReservationId) -> Result<Resources, LedgerError> {
-        self.entries
-            .remove(&id)
-            .map(|e| e.amount)
-            .ok_or(LedgerError::UnknownReservation(id))
+        self.entries.remove(&id).map(|e| e.amount).ok_or(LedgerError::UnknownReservation(id))
     }
 
     /// Re-labels a reservation (warm → active on checkout; active → paused on pause). Moving to
     /// a class that holds more (paused → active) is not a promotion: reserve anew.
-    pub fn reclassify(
-        &mut self,
-        id: ReservationId,
-        class: Class,
-        req: Resources,
-    ) -> Result<(), LedgerError> {
-        let e = self
-            .entries
-            .get_mut(&id)
-            .ok_or(LedgerError::UnknownReservation(id))?;
+    pub fn reclassify(&mut self, id: ReservationId, class: Class, req: Resources) -> Result<(), LedgerError> {
+        let e = self.entries.get_mut(&id).ok_or(LedgerError::UnknownReservation(id))?;
         e.class = class;
         e.amount = Self::charge(class, req);
         Ok(())
@@ -155,14 +134,8 @@ mod tests {
     #[test]
     fn admits_until_full_then_waits() {
         let mut l = host();
-        assert!(matches!(
-            l.try_reserve(sbx(), Class::Active),
-            Decision::Admitted(_)
-        ));
-        assert!(matches!(
-            l.try_reserve(sbx(), Class::Active),
-            Decision::Admitted(_)
-        ));
+        assert!(matches!(l.try_reserve(sbx(), Class::Active), Decision::Admitted(_)));
+        assert!(matches!(l.try_reserve(sbx(), Class::Active), Decision::Admitted(_)));
         assert_eq!(l.try_reserve(sbx(), Class::Active), Decision::Wait);
         assert_eq!(l.free().milli_cpu, 0);
     }
@@ -170,10 +143,7 @@ mod tests {
     #[test]
     fn too_large_names_the_resource() {
         let mut l = host();
-        assert_eq!(
-            l.try_reserve(Resources::new(8, 1, 1), Class::Active),
-            Decision::TooLarge(Resource::Cpu)
-        );
+        assert_eq!(l.try_reserve(Resources::new(8, 1, 1), Class::Active), Decision::TooLarge(Resource::Cpu));
         assert_eq!(
             l.try_reserve(Resources::new(1, 9000, 1), Class::Active),
             Decision::TooLarge(Resource::Memory)
@@ -188,31 +158,19 @@ mod tests {
     #[test]
     fn warm_entries_are_evicted_before_active_waits() {
         let mut l = host();
-        let Decision::Admitted(w1) = l.try_reserve(sbx(), Class::Warm) else {
-            panic!()
-        };
-        let Decision::Admitted(_a) = l.try_reserve(sbx(), Class::Active) else {
-            panic!()
-        };
-        assert_eq!(
-            l.try_reserve(sbx(), Class::Active),
-            Decision::EvictWarm(vec![w1])
-        );
+        let Decision::Admitted(w1) = l.try_reserve(sbx(), Class::Warm) else { panic!() };
+        let Decision::Admitted(_a) = l.try_reserve(sbx(), Class::Active) else { panic!() };
+        assert_eq!(l.try_reserve(sbx(), Class::Active), Decision::EvictWarm(vec![w1]));
         // A warm refill never evicts anything.
         assert_eq!(l.try_reserve(sbx(), Class::Warm), Decision::Wait);
         l.release(w1).unwrap();
-        assert!(matches!(
-            l.try_reserve(sbx(), Class::Active),
-            Decision::Admitted(_)
-        ));
+        assert!(matches!(l.try_reserve(sbx(), Class::Active), Decision::Admitted(_)));
     }
 
     #[test]
     fn release_is_exactly_once() {
         let mut l = host();
-        let Decision::Admitted(id) = l.try_reserve(sbx(), Class::Active) else {
-            panic!()
-        };
+        let Decision::Admitted(id) = l.try_reserve(sbx(), Class::Active) else { panic!() };
         assert_eq!(l.release(id), Ok(sbx()));
         assert_eq!(l.release(id), Err(LedgerError::UnknownReservation(id)));
         assert_eq!(l.used(), Resources::default());
@@ -221,21 +179,10 @@ mod tests {
     #[test]
     fn paused_holds_disk_only_and_checkout_promotes() {
         let mut l = host();
-        let Decision::Admitted(id) = l.try_reserve(sbx(), Class::Active) else {
-            panic!()
-        };
+        let Decision::Admitted(id) = l.try_reserve(sbx(), Class::Active) else { panic!() };
         l.reclassify(id, Class::Paused, sbx()).unwrap();
-        assert_eq!(
-            l.used(),
-            Resources {
-                milli_cpu: 0,
-                memory_mb: 0,
-                disk_mb: 1000
-            }
-        );
-        let Decision::Admitted(w) = l.try_reserve(sbx(), Class::Warm) else {
-            panic!()
-        };
+        assert_eq!(l.used(), Resources { milli_cpu: 0, memory_mb: 0, disk_mb: 1000 });
+        let Decision::Admitted(w) = l.try_reserve(sbx(), Class::Warm) else { panic!() };
         l.reclassify(w, Class::Active, sbx()).unwrap();
         assert_eq!(l.count(Class::Active), 1);
         assert_eq!(l.count(Class::Warm), 0);

@@ -14,19 +14,11 @@ use super::{Class, Resource, Resources};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdmissionError {
     #[error("request needs more {resource} than this host has (requested {requested:?}, host capacity {capacity:?})")]
-    TooLarge {
-        resource: Resource,
-        requested: Resources,
-        capacity: Resources,
-    },
+    TooLarge { resource: Resource, requested: Resources, capacity: Resources },
     #[error("admission queue is full ({max} requests already waiting for capacity)")]
     QueueFull { max: usize },
     #[error("no capacity became free within {waited:?} (requested {requested:?}, free {free:?})")]
-    TimedOut {
-        waited: Duration,
-        requested: Resources,
-        free: Resources,
-    },
+    TimedOut { waited: Duration, requested: Resources, free: Resources },
 }
 
 impl AdmissionError {
@@ -76,11 +68,7 @@ pub struct Admission {
 impl Admission {
     pub fn new(capacity: Resources, max_waiting: usize) -> Admission {
         Admission {
-            state: Mutex::new(State {
-                ledger: Ledger::new(capacity),
-                waiting: 0,
-                rejected: BTreeMap::new(),
-            }),
+            state: Mutex::new(State { ledger: Ledger::new(capacity), waiting: 0, rejected: BTreeMap::new() }),
             released: Notify::new(),
             max_waiting,
         }
@@ -111,23 +99,13 @@ impl Admission {
             let remaining = {
                 let mut st = self.lock();
                 match st.ledger.try_reserve(req, class) {
-                    Decision::Admitted(id) => {
-                        break Ok(Grant {
-                            id,
-                            evicted: Vec::new(),
-                        })
-                    }
+                    Decision::Admitted(id) => break Ok(Grant { id, evicted: Vec::new() }),
                     Decision::EvictWarm(victims) => {
                         for v in &victims {
                             let _ = st.ledger.release(*v);
                         }
                         match st.ledger.try_reserve(req, class) {
-                            Decision::Admitted(id) => {
-                                break Ok(Grant {
-                                    id,
-                                    evicted: victims,
-                                })
-                            }
+                            Decision::Admitted(id) => break Ok(Grant { id, evicted: victims }),
                             _ => continue,
                         }
                     }
@@ -135,11 +113,7 @@ impl Admission {
                         let capacity = st.ledger.capacity();
                         break Err(Self::reject(
                             &mut st,
-                            AdmissionError::TooLarge {
-                                resource,
-                                requested: req,
-                                capacity,
-                            },
+                            AdmissionError::TooLarge { resource, requested: req, capacity },
                         ));
                     }
                     Decision::Wait => {
@@ -147,9 +121,7 @@ impl Admission {
                             if st.waiting >= self.max_waiting {
                                 break Err(Self::reject(
                                     &mut st,
-                                    AdmissionError::QueueFull {
-                                        max: self.max_waiting,
-                                    },
+                                    AdmissionError::QueueFull { max: self.max_waiting },
                                 ));
                             }
                             st.waiting += 1;
@@ -160,11 +132,7 @@ impl Admission {
                             let free = st.ledger.free();
                             break Err(Self::reject(
                                 &mut st,
-                                AdmissionError::TimedOut {
-                                    waited: start.elapsed(),
-                                    requested: req,
-                                    free,
-                                },
+                                AdmissionError::TimedOut { waited: start.elapsed(), requested: req, free },
                             ));
                         }
                         // Register for the wake-up before unlocking so a release in between is not missed.
@@ -191,12 +159,7 @@ impl Admission {
     }
 
     /// Re-labels a reservation (warm → active, active → paused). Wakes waiters when it shrinks.
-    pub fn reclassify(
-        &self,
-        id: ReservationId,
-        class: Class,
-        req: Resources,
-    ) -> Result<(), LedgerError> {
+    pub fn reclassify(&self, id: ReservationId, class: Class, req: Resources) -> Result<(), LedgerError> {
         self.lock().ledger.reclassify(id, class, req)?;
         self.released.notify_waiters();
         Ok(())
@@ -229,15 +192,10 @@ mod tests {
     #[tokio::test]
     async fn release_wakes_a_waiter() {
         let adm = Arc::new(Admission::new(Resources::new(1, 1000, 1000), 4));
-        let first = adm
-            .reserve(sbx(), Class::Active, Duration::ZERO)
-            .await
-            .unwrap();
+        let first = adm.reserve(sbx(), Class::Active, Duration::ZERO).await.unwrap();
         let a2 = Arc::clone(&adm);
-        let waiter = tokio::spawn(async move {
-            a2.reserve(sbx(), Class::Active, Duration::from_secs(5))
-                .await
-        });
+        let waiter =
+            tokio::spawn(async move { a2.reserve(sbx(), Class::Active, Duration::from_secs(5)).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(adm.stats().waiting, 1);
         adm.release(first.id).unwrap();
@@ -250,38 +208,18 @@ mod tests {
     #[tokio::test]
     async fn full_queue_and_timeouts_reject_cleanly() {
         let adm = Arc::new(Admission::new(Resources::new(1, 1000, 1000), 1));
-        let _held = adm
-            .reserve(sbx(), Class::Active, Duration::ZERO)
-            .await
-            .unwrap();
+        let _held = adm.reserve(sbx(), Class::Active, Duration::ZERO).await.unwrap();
         let a2 = Arc::clone(&adm);
-        let waiter = tokio::spawn(async move {
-            a2.reserve(sbx(), Class::Active, Duration::from_millis(300))
-                .await
-        });
+        let waiter =
+            tokio::spawn(async move { a2.reserve(sbx(), Class::Active, Duration::from_millis(300)).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let full = adm
-            .reserve(sbx(), Class::Active, Duration::from_secs(5))
-            .await
-            .unwrap_err();
+        let full = adm.reserve(sbx(), Class::Active, Duration::from_secs(5)).await.unwrap_err();
         assert_eq!(full, AdmissionError::QueueFull { max: 1 });
         let timed_out = waiter.await.unwrap().unwrap_err();
         assert!(matches!(timed_out, AdmissionError::TimedOut { .. }));
-        let big = adm
-            .reserve(
-                Resources::new(2, 1, 1),
-                Class::Active,
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap_err();
-        assert!(matches!(
-            big,
-            AdmissionError::TooLarge {
-                resource: Resource::Cpu,
-                ..
-            }
-        ));
+        let big =
+            adm.reserve(Resources::new(2, 1, 1), Class::Active, Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(big, AdmissionError::TooLarge { resource: Resource::Cpu, .. }));
         let stats = adm.stats();
         assert_eq!(stats.rejected.get("queue_full"), Some(&1));
         assert_eq!(stats.rejected.get("timed_out"), Some(&1));
@@ -292,19 +230,10 @@ mod tests {
     #[tokio::test]
     async fn active_request_evicts_warm_instead_of_waiting() {
         let adm = Admission::new(Resources::new(1, 1000, 1000), 4);
-        let warm = adm
-            .reserve(sbx(), Class::Warm, Duration::ZERO)
-            .await
-            .unwrap();
-        let active = adm
-            .reserve(sbx(), Class::Active, Duration::ZERO)
-            .await
-            .unwrap();
+        let warm = adm.reserve(sbx(), Class::Warm, Duration::ZERO).await.unwrap();
+        let active = adm.reserve(sbx(), Class::Active, Duration::ZERO).await.unwrap();
         assert_eq!(active.evicted, vec![warm.id]);
-        assert!(
-            adm.release(warm.id).is_err(),
-            "evicted reservation is already released"
-        );
+        assert!(adm.release(warm.id).is_err(), "evicted reservation is already released");
         adm.release(active.id).unwrap();
         assert_eq!(adm.stats().used, Resources::default());
     }

@@ -15,10 +15,7 @@ pub struct FakeEngine {
 
 impl Engine for FakeEngine {
     fn boot(&self, spec: &BootSpec) -> Result<(), EngineError> {
-        let mut fail = self
-            .fail_next_boot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut fail = self.fail_next_boot.lock().unwrap_or_else(|e| e.into_inner());
         if std::mem::take(&mut *fail) {
             return Err(EngineError::Runsc {
                 id: spec.id.clone(),
@@ -26,19 +23,26 @@ impl Engine for FakeEngine {
                 detail: "injected failure".into(),
             });
         }
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(spec.id.to_string());
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(spec.id.to_string());
         Ok(())
     }
 
-    fn checkpoint(&self, id: &SandboxId, image_dir: &std::path::Path, leave_running: bool) -> Result<(), EngineError> {
+    fn checkpoint(
+        &self,
+        id: &SandboxId,
+        image_dir: &std::path::Path,
+        leave_running: bool,
+    ) -> Result<(), EngineError> {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if !running.contains(id.as_str()) {
-            return Err(EngineError::Runsc { id: id.clone(), op: "checkpoint", detail: "not running".into() });
+            return Err(EngineError::Runsc {
+                id: id.clone(),
+                op: "checkpoint",
+                detail: "not running".into(),
+            });
         }
-        std::fs::create_dir_all(image_dir).map_err(|source| EngineError::Bundle { id: id.clone(), source })?;
+        std::fs::create_dir_all(image_dir)
+            .map_err(|source| EngineError::Bundle { id: id.clone(), source })?;
         std::fs::write(image_dir.join("checkpoint.img"), id.as_str())
             .map_err(|source| EngineError::Bundle { id: id.clone(), source })?;
         if !leave_running {
@@ -55,21 +59,12 @@ impl Engine for FakeEngine {
     }
 
     fn destroy(&self, id: &SandboxId) -> Result<(), EngineError> {
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id.as_str());
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).remove(id.as_str());
         Ok(())
     }
 
     fn list(&self) -> Result<Vec<String>, EngineError> {
-        Ok(self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect())
+        Ok(self.running.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect())
     }
 
     fn describe(&self) -> String {

@@ -30,22 +30,11 @@ pub struct BootSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("engine: writing bundle for sandbox {id}: {source}")]
-    Bundle {
-        id: SandboxId,
-        source: std::io::Error,
-    },
+    Bundle { id: SandboxId, source: std::io::Error },
     #[error("engine: spawning {program} for sandbox {id}: {source}")]
-    Spawn {
-        id: SandboxId,
-        program: String,
-        source: std::io::Error,
-    },
+    Spawn { id: SandboxId, program: String, source: std::io::Error },
     #[error("engine: runsc {op} of sandbox {id} failed: {detail}")]
-    Runsc {
-        id: SandboxId,
-        op: &'static str,
-        detail: String,
-    },
+    Runsc { id: SandboxId, op: &'static str, detail: String },
     #[error("engine: listing sandboxes: {0}")]
     List(String),
 }

@@ -92,10 +92,7 @@ mod tests {
             memory_mb: 512,
         };
         let v = runtime_spec(&spec);
-        assert_eq!(
-            v["linux"]["resources"]["memory"]["limit"],
-            512u64 * 1024 * 1024
-        );
+        assert_eq!(v["linux"]["resources"]["memory"]["limit"], 512u64 * 1024 * 1024);
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 200_000u64);
         assert_eq!(v["linux"]["namespaces"][4]["path"], "/var/run/netns/x");
         assert_eq!(v["process"]["args"][0], AGENT_GUEST_PATH);

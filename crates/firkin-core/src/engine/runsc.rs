@@ -44,11 +44,7 @@ pub struct RunscEngine {
 
 impl RunscEngine {
     pub fn new(runsc: PathBuf, root: PathBuf) -> RunscEngine {
-        RunscEngine {
-            runsc,
-            root,
-            mode: AtomicU8::new(MODE_UNKNOWN),
-        }
+        RunscEngine { runsc, root, mode: AtomicU8::new(MODE_UNKNOWN) }
     }
 
     pub fn launch_mode(&self) -> LaunchMode {
@@ -83,19 +79,18 @@ impl RunscEngine {
     /// One `runsc run` (or `runsc restore` when `image` is given) attempt.
     fn run_once(&self, spec: &BootSpec, workaround: bool, image: Option<&Path>) -> Result<(), String> {
         let log_path = spec.run_dir.join("sandbox.log");
-        let log =
-            File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+        let log = File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
         let log_err = log.try_clone().map_err(|e| e.to_string())?;
         let status = self
             .base_command(workaround)
-            .args([
-                "--network=sandbox",
-                "--net-disconnect-ok",
-                "--overlay2=root:memory",
-            ])
+            .args(["--network=sandbox", "--net-disconnect-ok", "--overlay2=root:memory"])
             .args(match image {
                 None => vec!["run".to_owned(), "-detach".to_owned()],
-                Some(img) => vec!["restore".to_owned(), "-detach".to_owned(), format!("--image-path={}", img.display())],
+                Some(img) => vec![
+                    "restore".to_owned(),
+                    "-detach".to_owned(),
+                    format!("--image-path={}", img.display()),
+                ],
             })
             .arg("--bundle")
             .arg(spec.run_dir.join("bundle"))
@@ -112,35 +107,19 @@ impl RunscEngine {
         if let Ok(mut f) = File::open(&log_path) {
             let _ = f.read_to_string(&mut text);
         }
-        let tail: String = text
-            .lines()
-            .rev()
-            .take(5)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
+        let tail: String =
+            text.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
         Err(format!("{status}: {tail}"))
     }
 
     /// Writes the bundle and runs (or restores) the sandbox, detecting the netns quirk.
     fn start(&self, spec: &BootSpec, image: Option<&Path>) -> Result<(), EngineError> {
         let bundle = spec.run_dir.join("bundle");
-        fs::create_dir_all(&bundle).map_err(|source| EngineError::Bundle {
-            id: spec.id.clone(),
-            source,
-        })?;
-        fs::create_dir_all(&self.root).map_err(|source| EngineError::Bundle {
-            id: spec.id.clone(),
-            source,
-        })?;
-        write_json_atomic(&bundle.join("config.json"), &oci::runtime_spec(spec)).map_err(|e| {
-            EngineError::Bundle {
-                id: spec.id.clone(),
-                source: e.source,
-            }
-        })?;
+        fs::create_dir_all(&bundle).map_err(|source| EngineError::Bundle { id: spec.id.clone(), source })?;
+        fs::create_dir_all(&self.root)
+            .map_err(|source| EngineError::Bundle { id: spec.id.clone(), source })?;
+        write_json_atomic(&bundle.join("config.json"), &oci::runtime_spec(spec))
+            .map_err(|e| EngineError::Bundle { id: spec.id.clone(), source: e.source })?;
 
         let mode = self.mode.load(Ordering::Relaxed);
         let first = self.run_once(spec, mode == MODE_NETNS_WORKAROUND, image);
@@ -152,17 +131,14 @@ impl RunscEngine {
                 Ok(())
             }
             Err(detail) if mode != MODE_NETNS_WORKAROUND && detail.contains(ROOT_NETNS_QUIRK) => {
-                tracing::warn!(
-                    "runsc needs the /proc/sys/net workaround on this host; enabling it"
-                );
+                tracing::warn!("runsc needs the /proc/sys/net workaround on this host; enabling it");
                 let _ = self.destroy(&spec.id);
                 self.mode.store(MODE_NETNS_WORKAROUND, Ordering::Relaxed);
-                self.run_once(spec, true, image)
-                    .map_err(|detail| EngineError::Runsc {
-                        id: spec.id.clone(),
-                        op: if image.is_some() { "restore" } else { "run" },
-                        detail,
-                    })
+                self.run_once(spec, true, image).map_err(|detail| EngineError::Runsc {
+                    id: spec.id.clone(),
+                    op: if image.is_some() { "restore" } else { "run" },
+                    detail,
+                })
             }
             Err(detail) => Err(EngineError::Runsc {
                 id: spec.id.clone(),
@@ -172,12 +148,8 @@ impl RunscEngine {
         }
     }
 
-
     fn runsc_status(&self, args: &[&str]) -> Result<std::process::Output, std::io::Error> {
-        self.base_command(false)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
+        self.base_command(false).args(args).stdin(Stdio::null()).output()
     }
 }
 
@@ -197,9 +169,11 @@ impl Engine for RunscEngine {
         }
         args.push(id.to_string());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = self
-            .runsc_status(&args)
-            .map_err(|source| EngineError::Spawn { id: id.clone(), program: "runsc checkpoint".into(), source })?;
+        let out = self.runsc_status(&args).map_err(|source| EngineError::Spawn {
+            id: id.clone(),
+            program: "runsc checkpoint".into(),
+            source,
+        })?;
         if out.status.success() {
             return Ok(());
         }
@@ -213,13 +187,9 @@ impl Engine for RunscEngine {
     }
 
     fn destroy(&self, id: &SandboxId) -> Result<(), EngineError> {
-        let out = self
-            .runsc_status(&["delete", "-force", id.as_str()])
-            .map_err(|source| EngineError::Spawn {
-                id: id.clone(),
-                program: "runsc delete".into(),
-                source,
-            })?;
+        let out = self.runsc_status(&["delete", "-force", id.as_str()]).map_err(|source| {
+            EngineError::Spawn { id: id.clone(), program: "runsc delete".into(), source }
+        })?;
         if out.status.success() {
             return Ok(());
         }
@@ -227,24 +197,16 @@ impl Engine for RunscEngine {
         if stderr.contains("does not exist") || stderr.contains("not found") {
             return Ok(());
         }
-        Err(EngineError::Runsc {
-            id: id.clone(),
-            op: "delete",
-            detail: stderr.trim().to_owned(),
-        })
+        Err(EngineError::Runsc { id: id.clone(), op: "delete", detail: stderr.trim().to_owned() })
     }
 
     fn list(&self) -> Result<Vec<String>, EngineError> {
         if !self.root.exists() {
             return Ok(Vec::new());
         }
-        let out = self
-            .runsc_status(&["list", "-quiet"])
-            .map_err(|e| EngineError::List(e.to_string()))?;
+        let out = self.runsc_status(&["list", "-quiet"]).map_err(|e| EngineError::List(e.to_string()))?;
         if !out.status.success() {
-            return Err(EngineError::List(
-                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            ));
+            return Err(EngineError::List(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
         }
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()

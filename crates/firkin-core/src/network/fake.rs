@@ -14,20 +14,14 @@ pub struct FakeNetwork {
 
 impl Default for FakeNetwork {
     fn default() -> Self {
-        FakeNetwork {
-            base: Ipv4Addr::new(127, 200, 0, 0),
-        }
+        FakeNetwork { base: Ipv4Addr::new(127, 200, 0, 0) }
     }
 }
 
 impl Network for FakeNetwork {
     fn attach(&self, id: &SandboxId, slot: u32) -> Result<NetAttachment, NetworkError> {
         let (host_ip, sandbox_ip) = slot_addrs(self.base, slot);
-        Ok(NetAttachment {
-            netns_path: format!("/fake/netns/{id}").into(),
-            sandbox_ip,
-            host_ip,
-        })
+        Ok(NetAttachment { netns_path: format!("/fake/netns/{id}").into(), sandbox_ip, host_ip })
     }
 
     fn detach(&self, _id: &SandboxId, _slot: u32) -> Result<(), NetworkError> {

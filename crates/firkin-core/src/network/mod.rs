@@ -24,11 +24,7 @@ pub struct NetAttachment {
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
     #[error("network: {op} for sandbox {id} failed: {detail}")]
-    Command {
-        id: String,
-        op: String,
-        detail: String,
-    },
+    Command { id: String, op: String, detail: String },
     #[error("network: no free address slot (all {0} in use)")]
     Exhausted(u32),
 }

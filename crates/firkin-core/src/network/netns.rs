@@ -39,33 +39,22 @@ impl NetnsNetwork {
     fn names(&self, id: &SandboxId) -> (String, String, String) {
         // Interface names are at most 15 bytes: "fh" / "fs" + 13 chars of the id.
         let short: String = id.as_str().chars().take(13).collect();
-        (
-            format!("{}{id}", self.ns_prefix()),
-            format!("fh{short}"),
-            format!("fs{short}"),
-        )
+        (format!("{}{id}", self.ns_prefix()), format!("fh{short}"), format!("fs{short}"))
     }
 
     fn ip(id: &SandboxId, op: &str, args: &[&str]) -> Result<(), NetworkError> {
-        let out = Command::new("ip")
-            .args(args)
-            .output()
-            .map_err(|e| NetworkError::Command {
-                id: id.to_string(),
-                op: op.to_owned(),
-                detail: format!("spawning ip: {e}"),
-            })?;
+        let out = Command::new("ip").args(args).output().map_err(|e| NetworkError::Command {
+            id: id.to_string(),
+            op: op.to_owned(),
+            detail: format!("spawning ip: {e}"),
+        })?;
         if out.status.success() {
             Ok(())
         } else {
             Err(NetworkError::Command {
                 id: id.to_string(),
                 op: op.to_owned(),
-                detail: format!(
-                    "ip {}: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
+                detail: format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()),
             })
         }
     }
@@ -84,24 +73,13 @@ impl Network for NetnsNetwork {
             ("netns add", vec!["netns", "add", &ns]),
             (
                 "veth add",
-                vec![
-                    "link", "add", &host_if, "type", "veth", "peer", "name", &sbx_if, "netns", &ns,
-                ],
+                vec!["link", "add", &host_if, "type", "veth", "peer", "name", &sbx_if, "netns", &ns],
             ),
-            (
-                "host addr",
-                vec!["addr", "add", &host_cidr, "dev", &host_if],
-            ),
+            ("host addr", vec!["addr", "add", &host_cidr, "dev", &host_if]),
             ("host up", vec!["link", "set", &host_if, "up"]),
-            (
-                "sandbox addr",
-                vec!["-n", &ns, "addr", "add", &sbx_cidr, "dev", &sbx_if],
-            ),
+            ("sandbox addr", vec!["-n", &ns, "addr", "add", &sbx_cidr, "dev", &sbx_if]),
             ("sandbox up", vec!["-n", &ns, "link", "set", &sbx_if, "up"]),
-            (
-                "sandbox route",
-                vec!["-n", &ns, "route", "add", "default", "via", &host_s],
-            ),
+            ("sandbox route", vec!["-n", &ns, "route", "add", "default", "via", &host_s]),
         ];
         for (op, args) in steps.iter() {
             if let Err(e) = Self::ip(id, op, args) {
@@ -109,11 +87,7 @@ impl Network for NetnsNetwork {
                 return Err(e);
             }
         }
-        Ok(NetAttachment {
-            netns_path: PathBuf::from(format!("/var/run/netns/{ns}")),
-            sandbox_ip,
-            host_ip,
-        })
+        Ok(NetAttachment { netns_path: PathBuf::from(format!("/var/run/netns/{ns}")), sandbox_ip, host_ip })
     }
 
     fn detach(&self, id: &SandboxId, _slot: u32) -> Result<(), NetworkError> {
@@ -137,14 +111,9 @@ impl Network for NetnsNetwork {
     }
 
     fn remove_namespace(&self, name: &str) -> Result<(), NetworkError> {
-        let out = Command::new("ip")
-            .args(["netns", "del", name])
-            .output()
-            .map_err(|e| NetworkError::Command {
-                id: name.to_owned(),
-                op: "netns del".into(),
-                detail: e.to_string(),
-            })?;
+        let out = Command::new("ip").args(["netns", "del", name]).output().map_err(|e| {
+            NetworkError::Command { id: name.to_owned(), op: "netns del".into(), detail: e.to_string() }
+        })?;
         if out.status.success() {
             Ok(())
         } else {

@@ -19,11 +19,7 @@ pub struct SlotAllocator {
 
 impl SlotAllocator {
     pub fn new(capacity: u32) -> SlotAllocator {
-        SlotAllocator {
-            capacity,
-            used: BTreeSet::new(),
-            next: 0,
-        }
+        SlotAllocator { capacity, used: BTreeSet::new(), next: 0 }
     }
 
     pub fn capacity(&self) -> u32 {
@@ -63,14 +59,8 @@ mod tests {
     #[test]
     fn addresses_are_disjoint_per_slot() {
         let base = Ipv4Addr::new(10, 210, 0, 0);
-        assert_eq!(
-            slot_addrs(base, 0),
-            (Ipv4Addr::new(10, 210, 0, 1), Ipv4Addr::new(10, 210, 0, 2))
-        );
-        assert_eq!(
-            slot_addrs(base, 64),
-            (Ipv4Addr::new(10, 210, 1, 1), Ipv4Addr::new(10, 210, 1, 2))
-        );
+        assert_eq!(slot_addrs(base, 0), (Ipv4Addr::new(10, 210, 0, 1), Ipv4Addr::new(10, 210, 0, 2)));
+        assert_eq!(slot_addrs(base, 64), (Ipv4Addr::new(10, 210, 1, 1), Ipv4Addr::new(10, 210, 1, 2)));
     }
 
     #[test]

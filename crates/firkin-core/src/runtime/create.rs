@@ -36,14 +36,10 @@ impl Runtime {
         let cfg = &self.inner.config;
         let template = self.inner.templates.resolve(&req.template_id)?;
         if req.on_timeout == Some(OnTimeout::Pause) {
-            return Err(RuntimeError::Unsupported {
-                feature: "autoPause (pause on timeout)",
-            });
+            return Err(RuntimeError::Unsupported { feature: "autoPause (pause on timeout)" });
         }
         if req.auto_resume {
-            return Err(RuntimeError::Unsupported {
-                feature: "autoResume",
-            });
+            return Err(RuntimeError::Unsupported { feature: "autoResume" });
         }
         if req.allow_internet_access == Some(true) {
             return Err(RuntimeError::Unsupported {
@@ -67,24 +63,15 @@ impl Runtime {
         }
         for key in req.env_vars.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(RuntimeError::InvalidRequest(format!(
-                    "invalid envVars key {key:?}"
-                )));
+                return Err(RuntimeError::InvalidRequest(format!("invalid envVars key {key:?}")));
             }
         }
 
         let id = SandboxId::generate();
         let want = Resources::new(cpu_count, memory_mb, cfg.disk_size_mb);
-        let grant = self
-            .inner
-            .admission
-            .reserve(want, Class::Active, cfg.admission_wait)
-            .await?;
+        let grant = self.inner.admission.reserve(want, Class::Active, cfg.admission_wait).await?;
         if !grant.evicted.is_empty() {
-            tracing::info!(
-                evicted = grant.evicted.len(),
-                "evicted warm reservations for an active create"
-            );
+            tracing::info!(evicted = grant.evicted.len(), "evicted warm reservations for an active create");
         }
         let Some(slot) = self.slots().take() else {
             let _ = self.inner.admission.release(grant.id);
@@ -108,20 +95,17 @@ impl Runtime {
             disk_size_mb: cfg.disk_size_mb,
             access_token: generate_secret(),
             on_timeout: req.on_timeout.unwrap_or(OnTimeout::Kill),
-            net_slot: slot,
+            net_slot: Some(slot),
             agent_ip: std::net::Ipv4Addr::UNSPECIFIED,
             reservation: Some(grant.id),
         };
         self.table().insert(id.clone(), record);
 
-        match self
-            .boot_and_init(&id, template.rootfs, slot, cpu_count, memory_mb)
-            .await
-        {
+        match self.boot_and_init(&id, template.rootfs, slot, cpu_count, memory_mb, None).await {
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!(sandbox = %id, error = %e, "create failed; cleaning up");
-                self.teardown(&id, slot).await;
+                self.teardown(&id, Some(slot)).await;
                 self.table().remove(&id);
                 let _ = self.inner.admission.release(grant.id);
                 let _ = std::fs::remove_file(self.inner.config.layout.sandbox_record(id.as_str()));
@@ -130,9 +114,7 @@ impl Runtime {
         }
         let rec = self.transition(&id, LifecycleEvent::Ready)?;
         // A create that took long still gets its full timeout from now.
-        let rec = self
-            .update(&id, |r| r.end_at = OffsetDateTime::now_utc() + timeout)
-            .unwrap_or(rec);
+        let rec = self.update(&id, |r| r.end_at = OffsetDateTime::now_utc() + timeout).unwrap_or(rec);
         tracing::info!(sandbox = %id, template = %rec.template_id, "sandbox running");
         Ok(rec)
     }
@@ -150,13 +132,16 @@ impl Runtime {
         Ok(t)
     }
 
-    async fn boot_and_init(
+    /// Attaches the network and boots (or, with `image`, restores) the sandbox, then waits for
+    /// its agent and initialises it. Returns the network slot's sandbox address.
+    pub(super) async fn boot_and_init(
         &self,
         id: &SandboxId,
         rootfs: std::path::PathBuf,
         slot: u32,
         cpu: u32,
         mem: u32,
+        image: Option<std::path::PathBuf>,
     ) -> Result<(), RuntimeError> {
         let cfg = &self.inner.config;
         let network = Arc::clone(&self.inner.network);
@@ -165,13 +150,11 @@ impl Runtime {
         let agent_path = cfg.agent_path.clone();
         let boot_id = id.clone();
         let t_boot = Instant::now();
+        let image_for_boot = image.clone();
         let attach = tokio::task::spawn_blocking(move || -> Result<_, RuntimeError> {
             let att = network
                 .attach(&boot_id, slot)
-                .map_err(|source| RuntimeError::Network {
-                    id: boot_id.to_string(),
-                    source,
-                })?;
+                .map_err(|source| RuntimeError::Network { id: boot_id.to_string(), source })?;
             let spec = BootSpec {
                 id: boot_id.clone(),
                 rootfs,
@@ -181,10 +164,11 @@ impl Runtime {
                 cpu_count: cpu,
                 memory_mb: mem,
             };
-            engine.boot(&spec).map_err(|source| RuntimeError::Engine {
-                id: boot_id.to_string(),
-                source,
-            })?;
+            match &image_for_boot {
+                None => engine.boot(&spec),
+                Some(img) => engine.restore(&spec, img),
+            }
+            .map_err(|source| RuntimeError::Engine { id: boot_id.to_string(), source })?;
             Ok(att)
         })
         .await
@@ -198,17 +182,19 @@ impl Runtime {
             .agent
             .wait_ready(ip, cfg.ready_timeout)
             .await
-            .map_err(|source| RuntimeError::NotReady {
-                id: id.to_string(),
-                source,
+            .map_err(|source| {
+                let log = cfg.layout.sandbox_run_dir(id.as_str()).join("sandbox.log");
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(8).collect();
+                tracing::warn!(sandbox = %id, log = ?tail, "agent not ready; last lines of the sandbox log");
+                RuntimeError::NotReady { id: id.to_string(), source }
             })?;
-        self.inner
-            .samples
-            .record(SampleName::ReadyProbe, t_probe.elapsed());
-        self.init_agent(id, None).await?;
-        self.inner
-            .samples
-            .record(SampleName::ColdBoot, t_boot.elapsed());
+        self.inner.samples.record(SampleName::ReadyProbe, t_probe.elapsed());
+        // A restored agent already holds this sandbox's token and must be shown it.
+        let token = if image.is_some() { self.get(id).ok().map(|r| r.access_token) } else { None };
+        self.init_agent(id, token.as_deref()).await?;
+        let sample = if image.is_some() { SampleName::WarmSnapshotRestore } else { SampleName::ColdBoot };
+        self.inner.samples.record(sample, t_boot.elapsed());
         Ok(())
     }
 
@@ -226,25 +212,20 @@ impl Runtime {
             env_vars: rec.env_vars.clone(),
             default_user: Some("user".into()),
             default_workdir: Some("/home/user".into()),
-            timestamp_ms: u64::try_from(
-                OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000,
-            )
-            .unwrap_or(0),
+            timestamp_ms: u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+                .unwrap_or(0),
         };
         self.inner
             .agent
             .init(rec.agent_ip, &req, current_token)
             .await
-            .map_err(|source| RuntimeError::NotReady {
-                id: id.to_string(),
-                source,
-            })?;
+            .map_err(|source| RuntimeError::NotReady { id: id.to_string(), source })?;
         Ok(())
     }
 
     /// Destroys the engine sandbox and its network, and releases the slot. Never fails: errors
     /// are logged, and reconciliation at the next start catches anything left.
-    pub(super) async fn teardown(&self, id: &SandboxId, slot: u32) {
+    pub(super) async fn teardown(&self, id: &SandboxId, slot: Option<u32>) {
         let network = Arc::clone(&self.inner.network);
         let engine = Arc::clone(&self.inner.engine);
         let run_dir = self.inner.config.layout.sandbox_run_dir(id.as_str());
@@ -253,7 +234,7 @@ impl Runtime {
             if let Err(e) = engine.destroy(&tid) {
                 tracing::warn!(sandbox = %tid, error = %e, "engine destroy failed");
             }
-            if let Err(e) = network.detach(&tid, slot) {
+            if let Err(e) = network.detach(&tid, slot.unwrap_or(0)) {
                 tracing::warn!(sandbox = %tid, error = %e, "network detach failed");
             }
             let _ = std::fs::remove_dir_all(&run_dir);
@@ -262,6 +243,8 @@ impl Runtime {
         if let Err(e) = res {
             tracing::warn!(sandbox = %id, error = %e, "teardown task failed");
         }
-        self.slots().release(slot);
+        if let Some(slot) = slot {
+            self.slots().release(slot);
+        }
     }
 }

@@ -16,6 +16,8 @@ pub enum RuntimeError {
     Admission(#[from] AdmissionError),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    #[error("sandbox {0} is already paused")]
+    AlreadyPaused(String),
     #[error("sandbox {0} not found")]
     SandboxNotFound(String),
     #[error("sandbox {id}: {source}")]

@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 
 use super::Runtime;
 use crate::lifecycle::SandboxState;
+use crate::record::OnTimeout;
 
 const TICK: Duration = Duration::from_millis(250);
 
@@ -13,21 +14,37 @@ impl Runtime {
     pub(super) async fn expiry_loop(&self) {
         loop {
             tokio::time::sleep(TICK).await;
-            for id in self.expired(OffsetDateTime::now_utc()) {
-                tracing::info!(sandbox = %id, "timeout reached; killing");
-                if let Err(e) = self.kill(&id).await {
-                    tracing::warn!(sandbox = %id, error = %e, "expiry kill failed");
+            for (id, on_timeout) in self.expired(OffsetDateTime::now_utc()) {
+                let result = match on_timeout {
+                    OnTimeout::Kill => {
+                        tracing::info!(sandbox = %id, "timeout reached; killing");
+                        self.kill(&id).await
+                    }
+                    OnTimeout::Pause => {
+                        tracing::info!(sandbox = %id, "timeout reached; pausing (autoPause)");
+                        match self.pause(&id).await {
+                            Ok(()) => Ok(()),
+                            // A sandbox that cannot be saved must not run past its end: kill it.
+                            Err(e) => {
+                                tracing::warn!(sandbox = %id, error = %e, "autoPause failed; killing");
+                                self.kill(&id).await
+                            }
+                        }
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::warn!(sandbox = %id, error = %e, "expiry action failed");
                 }
             }
         }
     }
 
     /// Running sandboxes whose end time has passed.
-    pub fn expired(&self, now: OffsetDateTime) -> Vec<String> {
+    pub fn expired(&self, now: OffsetDateTime) -> Vec<(String, OnTimeout)> {
         self.table()
             .values()
             .filter(|r| r.state == SandboxState::Running && r.end_at <= now)
-            .map(|r| r.id.to_string())
+            .map(|r| (r.id.to_string(), r.on_timeout))
             .collect()
     }
 

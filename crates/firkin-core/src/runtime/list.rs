@@ -62,13 +62,7 @@ pub fn paginate(records: Vec<SandboxRecord>, q: &ListQuery) -> Page {
         items.reverse();
     }
     if let Some(cursor) = q.cursor.as_deref().and_then(parse_cursor) {
-        items.retain(|r| {
-            if q.ascending {
-                sort_key(r) > cursor
-            } else {
-                sort_key(r) < cursor
-            }
-        });
+        items.retain(|r| if q.ascending { sort_key(r) > cursor } else { sort_key(r) < cursor });
     }
     let mut next_cursor = None;
     if let Some(limit) = q.limit.filter(|l| *l > 0) {
@@ -110,10 +104,7 @@ mod tests {
             id: SandboxId::parse(id).unwrap(),
             template_id: "base".into(),
             state,
-            metadata: meta
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            metadata: meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             env_vars: BTreeMap::new(),
             started_at: t,
             end_at: t,
@@ -122,7 +113,7 @@ mod tests {
             disk_size_mb: 1,
             access_token: "t".into(),
             on_timeout: OnTimeout::Kill,
-            net_slot: 0,
+            net_slot: Some(0),
             agent_ip: std::net::Ipv4Addr::LOCALHOST,
             reservation: None,
         }
@@ -149,27 +140,16 @@ mod tests {
             rec("b", 2, SandboxState::Running, &[("k", "w")]),
             rec("c", 3, SandboxState::Paused, &[("k", "v")]),
         ];
-        let q = ListQuery {
-            metadata: [("k".into(), "v".into())].into(),
-            ..Default::default()
-        };
+        let q = ListQuery { metadata: [("k".into(), "v".into())].into(), ..Default::default() };
         assert_eq!(ids(&paginate(recs.clone(), &q)), vec!["c", "a"]);
-        let q = ListQuery {
-            states: vec!["running".into()],
-            ..q
-        };
+        let q = ListQuery { states: vec!["running".into()], ..q };
         assert_eq!(ids(&paginate(recs, &q)), vec!["a"]);
     }
 
     #[test]
     fn cursor_pagination_visits_everything_once() {
-        let recs: Vec<_> = (0..5)
-            .map(|i| rec(&format!("s{i}"), i, SandboxState::Running, &[]))
-            .collect();
-        let mut q = ListQuery {
-            limit: Some(2),
-            ..Default::default()
-        };
+        let recs: Vec<_> = (0..5).map(|i| rec(&format!("s{i}"), i, SandboxState::Running, &[])).collect();
+        let mut q = ListQuery { limit: Some(2), ..Default::default() };
         let mut seen = Vec::new();
         loop {
             let page = paginate(recs.clone(), &q);

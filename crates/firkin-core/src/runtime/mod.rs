@@ -6,6 +6,7 @@ mod error;
 mod expiry;
 pub mod list;
 mod ops;
+mod pause;
 mod reconcile;
 #[cfg(test)]
 mod tests;
@@ -49,16 +50,14 @@ struct Inner {
     admission: Admission,
     table: Mutex<BTreeMap<SandboxId, SandboxRecord>>,
     slots: Mutex<SlotAllocator>,
+    /// Per-sandbox traffic epochs: bumping one ends every proxied stream to that sandbox.
+    cuts: Mutex<BTreeMap<SandboxId, tokio::sync::watch::Sender<u64>>>,
     /// Teardowns still running in the background (awaited at shutdown).
     teardowns: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Runtime {
-    pub fn new(
-        config: RuntimeConfig,
-        engine: Arc<dyn Engine>,
-        network: Arc<dyn Network>,
-    ) -> Runtime {
+    pub fn new(config: RuntimeConfig, engine: Arc<dyn Engine>, network: Arc<dyn Network>) -> Runtime {
         let templates = TemplateCatalog::new(config.layout.clone());
         let admission = Admission::new(config.capacity, config.max_queue);
         Runtime {
@@ -72,6 +71,7 @@ impl Runtime {
                 admission,
                 table: Mutex::new(BTreeMap::new()),
                 slots: Mutex::new(SlotAllocator::new(NET_SLOTS)),
+                cuts: Mutex::new(BTreeMap::new()),
                 teardowns: Mutex::new(Vec::new()),
             }),
         }
@@ -108,16 +108,28 @@ impl Runtime {
         self.inner.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A receiver that changes when traffic to `id` must stop (pause, kill).
+    pub(crate) fn traffic_watch(&self, id: &SandboxId) -> tokio::sync::watch::Receiver<u64> {
+        let mut cuts = self.inner.cuts.lock().unwrap_or_else(|e| e.into_inner());
+        cuts.entry(id.clone()).or_insert_with(|| tokio::sync::watch::channel(0).0).subscribe()
+    }
+
+    /// Ends every proxied stream to `id`, so no client connection is open inside the sandbox.
+    pub(crate) fn cut_traffic(&self, id: &SandboxId, forget: bool) {
+        let mut cuts = self.inner.cuts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = cuts.get(id) {
+            tx.send_modify(|epoch| *epoch += 1);
+        }
+        if forget {
+            cuts.remove(id);
+        }
+    }
+
     /// Waits for every background teardown to finish.
     pub async fn drain_teardowns(&self) {
         loop {
-            let handles: Vec<_> = std::mem::take(
-                &mut *self
-                    .inner
-                    .teardowns
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()),
-            );
+            let handles: Vec<_> =
+                std::mem::take(&mut *self.inner.teardowns.lock().unwrap_or_else(|e| e.into_inner()));
             if handles.is_empty() {
                 return;
             }

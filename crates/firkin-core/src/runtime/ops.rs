@@ -19,6 +19,8 @@ pub struct SandboxRoute {
     pub id: SandboxId,
     pub agent_ip: Ipv4Addr,
     pub access_token: String,
+    /// Changes when traffic must stop (pause, kill): the proxy then ends the stream.
+    pub cut: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Result of `connect`: the record and whether it had to be resumed.
@@ -35,10 +37,7 @@ impl Runtime {
 
     /// A visible (running or paused) sandbox.
     pub fn get(&self, id: &SandboxId) -> Result<SandboxRecord, RuntimeError> {
-        self.table()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| RuntimeError::SandboxNotFound(id.to_string()))
+        self.table().get(id).cloned().ok_or_else(|| RuntimeError::SandboxNotFound(id.to_string()))
     }
 
     /// Looks a sandbox up by its wire id; creating/killed ones are not found.
@@ -50,11 +49,7 @@ impl Runtime {
         Ok(rec)
     }
 
-    pub(super) fn update(
-        &self,
-        id: &SandboxId,
-        f: impl FnOnce(&mut SandboxRecord),
-    ) -> Option<SandboxRecord> {
+    pub(super) fn update(&self, id: &SandboxId, f: impl FnOnce(&mut SandboxRecord)) -> Option<SandboxRecord> {
         let mut t = self.table();
         let rec = t.get_mut(id)?;
         f(rec);
@@ -75,16 +70,11 @@ impl Runtime {
     ) -> Result<SandboxRecord, RuntimeError> {
         let rec = {
             let mut t = self.table();
-            let rec = t
-                .get_mut(id)
-                .ok_or_else(|| RuntimeError::SandboxNotFound(id.to_string()))?;
+            let rec = t.get_mut(id).ok_or_else(|| RuntimeError::SandboxNotFound(id.to_string()))?;
             rec.state = rec
                 .state
                 .apply(event)
-                .map_err(|source| RuntimeError::Transition {
-                    id: id.to_string(),
-                    source,
-                })?;
+                .map_err(|source| RuntimeError::Transition { id: id.to_string(), source })?;
             rec.clone()
         };
         if rec.state != SandboxState::Killed {
@@ -98,13 +88,8 @@ impl Runtime {
     pub async fn kill(&self, id: &str) -> Result<(), RuntimeError> {
         let (id, slot, reservation, started) = self.begin_kill(id)?;
         let rt = self.clone();
-        let handle =
-            tokio::spawn(async move { rt.finish_kill(id, slot, reservation, started).await });
-        let mut pending = self
-            .inner
-            .teardowns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let handle = tokio::spawn(async move { rt.finish_kill(id, slot, reservation, started).await });
+        let mut pending = self.inner.teardowns.lock().unwrap_or_else(|e| e.into_inner());
         pending.retain(|h| !h.is_finished());
         pending.push(handle);
         Ok(())
@@ -117,17 +102,17 @@ impl Runtime {
         Ok(())
     }
 
-    fn begin_kill(&self, id: &str) -> Result<(SandboxId, u32, Option<u64>, Instant), RuntimeError> {
+    fn begin_kill(&self, id: &str) -> Result<(SandboxId, Option<u32>, Option<u64>, Instant), RuntimeError> {
         let id = Self::parse_id(id)?;
         let started = Instant::now();
-        let rec = self
-            .transition(&id, LifecycleEvent::Kill)
-            .map_err(|e| match e {
-                RuntimeError::Transition { id, .. } => RuntimeError::SandboxNotFound(id),
-                other => other,
-            })?;
-        // Gone from every lookup before the slow part, so traffic gets 502 at once.
+        let rec = self.transition(&id, LifecycleEvent::Kill).map_err(|e| match e {
+            RuntimeError::Transition { id, .. } => RuntimeError::SandboxNotFound(id),
+            other => other,
+        })?;
+        // Gone from every lookup before the slow part, so traffic gets 502 at once, and
+        // streams already proxied end now rather than when the engine stops.
         self.table().remove(&id);
+        self.cut_traffic(&id, true);
         let _ = std::fs::remove_file(self.inner.config.layout.sandbox_record(id.as_str()));
         tracing::info!(sandbox = %id, "sandbox killed");
         Ok((id, rec.net_slot, rec.reservation, started))
@@ -136,19 +121,18 @@ impl Runtime {
     async fn finish_kill(
         &self,
         id: SandboxId,
-        slot: u32,
+        slot: Option<u32>,
         reservation: Option<u64>,
         started: Instant,
     ) {
         self.teardown(&id, slot).await;
+        let _ = std::fs::remove_dir_all(self.inner.config.layout.pause_image(id.as_str()));
         if let Some(r) = reservation {
             if let Err(e) = self.inner.admission.release(r) {
                 tracing::error!(sandbox = %id, error = %e, "capacity release failed");
             }
         }
-        self.inner
-            .samples
-            .record(SampleName::KillDelete, started.elapsed());
+        self.inner.samples.record(SampleName::KillDelete, started.elapsed());
     }
 
     /// `endAt = now + timeout`.
@@ -163,18 +147,25 @@ impl Runtime {
     }
 
     /// Connects to a sandbox: a running one has its end time extended (never shortened).
-    pub async fn connect(
-        &self,
-        id: &str,
-        timeout: Option<Duration>,
-    ) -> Result<ConnectOutcome, RuntimeError> {
+    pub async fn connect(&self, id: &str, timeout: Option<Duration>) -> Result<ConnectOutcome, RuntimeError> {
         let rec = self.get_visible(id)?;
-        if rec.state != SandboxState::Running {
-            return Err(RuntimeError::Unsupported {
-                feature: "resume of a paused sandbox",
-            });
-        }
         let timeout = self.clamp_timeout(timeout)?;
+        match rec.state {
+            SandboxState::Paused => {
+                let record = self.resume(rec, timeout).await?;
+                return Ok(ConnectOutcome { record, resumed: true });
+            }
+            SandboxState::Running => {}
+            other => {
+                return Err(RuntimeError::Transition {
+                    id: id.to_owned(),
+                    source: crate::lifecycle::TransitionError {
+                        from: other,
+                        event: LifecycleEvent::BeginResume,
+                    },
+                })
+            }
+        }
         let wanted = OffsetDateTime::now_utc() + timeout;
         let record = self.update(&rec.id, |r| {
             if wanted > r.end_at {
@@ -183,17 +174,11 @@ impl Runtime {
         });
         let record = record.ok_or_else(|| RuntimeError::SandboxNotFound(id.to_owned()))?;
         self.persist(&record.id)?;
-        Ok(ConnectOutcome {
-            record,
-            resumed: false,
-        })
+        Ok(ConnectOutcome { record, resumed: false })
     }
 
     /// Current resource usage as measured inside the sandbox by its agent.
-    pub async fn metrics(
-        &self,
-        id: &str,
-    ) -> Result<crate::agent_client::AgentMetrics, RuntimeError> {
+    pub async fn metrics(&self, id: &str) -> Result<crate::agent_client::AgentMetrics, RuntimeError> {
         let rec = self.get_visible(id)?;
         if rec.state != SandboxState::Running {
             return Ok(crate::agent_client::AgentMetrics::default());
@@ -202,16 +187,7 @@ impl Runtime {
             .agent
             .metrics(rec.agent_ip, &rec.access_token)
             .await
-            .map_err(|source| RuntimeError::Agent {
-                id: id.to_owned(),
-                source,
-            })
-    }
-
-    /// Pause is not implemented yet: answer honestly.
-    pub async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
-        self.get_visible(id)?;
-        Err(RuntimeError::Unsupported { feature: "pause" })
+            .map_err(|source| RuntimeError::Agent { id: id.to_owned(), source })
     }
 
     /// Where to send traffic for `id`, if it is running.
@@ -226,6 +202,7 @@ impl Runtime {
             id: rec.id.clone(),
             agent_ip: rec.agent_ip,
             access_token: rec.access_token.clone(),
+            cut: self.traffic_watch(&rec.id),
         })
     }
 
@@ -245,21 +222,14 @@ impl Runtime {
             .find(|r| {
                 let expected = signature::sign(path, op, username, &r.access_token, expiration);
                 expected == presented
-                    && signature::verify(
-                        presented,
-                        path,
-                        op,
-                        username,
-                        &r.access_token,
-                        expiration,
-                        now,
-                    )
-                    .is_ok()
+                    && signature::verify(presented, path, op, username, &r.access_token, expiration, now)
+                        .is_ok()
             })
             .map(|r| SandboxRoute {
                 id: r.id.clone(),
                 agent_ip: r.agent_ip,
                 access_token: r.access_token.clone(),
+                cut: self.traffic_watch(&r.id),
             })
     }
 

@@ -26,12 +26,11 @@ impl Runtime {
             if let Ok(rd) = std::fs::read_dir(layout.sandboxes_dir()) {
                 for entry in rd.flatten() {
                     let path = entry.path();
-                    let rec: Option<SandboxRecord> = std::fs::read(&path)
-                        .ok()
-                        .and_then(|b| serde_json::from_slice(&b).ok());
+                    let rec: Option<SandboxRecord> =
+                        std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
                     if let Some(rec) = rec {
                         let _ = engine.destroy(&rec.id);
-                        let _ = network.detach(&rec.id, rec.net_slot);
+                        let _ = network.detach(&rec.id, rec.net_slot.unwrap_or(0));
                     }
                     let _ = std::fs::remove_file(&path);
                     report.records += 1;

@@ -12,25 +12,16 @@ use crate::network::fake::FakeNetwork;
 
 fn runtime(tag: u8, engine: Arc<FakeEngine>) -> (Runtime, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("firkin-rt-test-{}-{tag}", std::process::id()));
-    let layout = Layout {
-        state_dir: dir.join("state"),
-        cache_dir: dir.join("cache"),
-    };
+    let layout = Layout { state_dir: dir.join("state"), cache_dir: dir.join("cache") };
     std::fs::create_dir_all(layout.rootfs_dir(crate::template::BASE_ROOTFS).join("bin")).unwrap();
     let mut cfg = RuntimeConfig::new(layout, "/nonexistent/agent");
     cfg.ready_timeout = Duration::from_millis(300);
-    let net = Arc::new(FakeNetwork {
-        base: Ipv4Addr::new(127, 201, tag, 0),
-    });
+    let net = Arc::new(FakeNetwork { base: Ipv4Addr::new(127, 201, tag, 0) });
     (Runtime::new(cfg, engine, net), dir)
 }
 
 fn req() -> CreateSandbox {
-    CreateSandbox {
-        template_id: "base".into(),
-        timeout: Some(Duration::from_secs(60)),
-        ..Default::default()
-    }
+    CreateSandbox { template_id: "base".into(), timeout: Some(Duration::from_secs(60)), ..Default::default() }
 }
 
 #[tokio::test]
@@ -46,18 +37,11 @@ async fn create_persists_and_kill_releases_everything() {
 
     rt.kill_and_wait(rec.id.as_str()).await.unwrap();
     assert!(rt.route(rec.id.as_str()).is_none());
-    assert!(matches!(
-        rt.kill(rec.id.as_str()).await,
-        Err(RuntimeError::SandboxNotFound(_))
-    ));
+    assert!(matches!(rt.kill(rec.id.as_str()).await, Err(RuntimeError::SandboxNotFound(_))));
     assert!(!rt.config().layout.sandbox_record(rec.id.as_str()).exists());
     assert!(engine.list().unwrap().is_empty());
     assert_eq!(rt.slots().in_use(), 0);
-    assert_eq!(
-        rt.admission_stats().used,
-        crate::admission::Resources::default(),
-        "ledger back to zero"
-    );
+    assert_eq!(rt.admission_stats().used, crate::admission::Resources::default(), "ledger back to zero");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -71,11 +55,7 @@ async fn failed_boot_leaves_nothing_behind() {
     assert_eq!(rt.sandbox_count(), 0);
     assert_eq!(rt.slots().in_use(), 0);
     assert!(engine.list().unwrap().is_empty());
-    assert_eq!(
-        rt.admission_stats().used,
-        crate::admission::Resources::default(),
-        "reservation released"
-    );
+    assert_eq!(rt.admission_stats().used, crate::admission::Resources::default(), "reservation released");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -86,10 +66,7 @@ async fn unready_agent_fails_create_and_cleans_up() {
     let err = rt.create(req()).await.unwrap_err();
     assert!(matches!(err, RuntimeError::NotReady { .. }), "{err}");
     assert_eq!(rt.sandbox_count(), 0);
-    assert_eq!(
-        rt.admission_stats().used,
-        crate::admission::Resources::default()
-    );
+    assert_eq!(rt.admission_stats().used, crate::admission::Resources::default());
     assert!(engine.list().unwrap().is_empty());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -97,29 +74,14 @@ async fn unready_agent_fails_create_and_cleans_up() {
 #[tokio::test]
 async fn validation_errors_are_typed() {
     let (rt, dir) = runtime(4, Arc::new(FakeEngine::default()));
-    let bad_template = rt
-        .create(CreateSandbox {
-            template_id: "nope".into(),
-            ..req()
-        })
-        .await
-        .unwrap_err();
+    let bad_template = rt.create(CreateSandbox { template_id: "nope".into(), ..req() }).await.unwrap_err();
     assert!(matches!(bad_template, RuntimeError::Template(_)));
     let too_long = rt
-        .create(CreateSandbox {
-            timeout: Some(Duration::from_secs(10 * 86400)),
-            ..req()
-        })
+        .create(CreateSandbox { timeout: Some(Duration::from_secs(10 * 86400)), ..req() })
         .await
         .unwrap_err();
     assert!(matches!(too_long, RuntimeError::InvalidRequest(_)));
-    let pause = rt
-        .create(CreateSandbox {
-            on_timeout: Some(crate::record::OnTimeout::Pause),
-            ..req()
-        })
-        .await
-        .unwrap_err();
+    let pause = rt.create(CreateSandbox { auto_resume: true, ..req() }).await.unwrap_err();
     assert!(matches!(pause, RuntimeError::Unsupported { .. }));
     assert_eq!(rt.sandbox_count(), 0);
     let _ = std::fs::remove_dir_all(dir);
@@ -138,7 +100,7 @@ async fn timeouts_extend_and_expire() {
     assert_eq!(c.record.end_at, shorter.end_at);
     assert!(!c.resumed);
     let later = time::OffsetDateTime::now_utc() + Duration::from_secs(2);
-    assert_eq!(rt.expired(later), vec![id.clone()]);
+    assert_eq!(rt.expired(later), vec![(id.clone(), crate::record::OnTimeout::Kill)]);
     assert!(rt.expired(time::OffsetDateTime::now_utc()).is_empty());
     rt.kill_all().await;
     assert_eq!(rt.sandbox_count(), 0);
@@ -148,36 +110,50 @@ async fn timeouts_extend_and_expire() {
 #[tokio::test]
 async fn oversized_create_is_rejected_by_admission() {
     let dir = std::env::temp_dir().join(format!("firkin-rt-test-{}-small", std::process::id()));
-    let layout = Layout {
-        state_dir: dir.join("state"),
-        cache_dir: dir.join("cache"),
-    };
+    let layout = Layout { state_dir: dir.join("state"), cache_dir: dir.join("cache") };
     std::fs::create_dir_all(layout.rootfs_dir(crate::template::BASE_ROOTFS).join("bin")).unwrap();
     let mut cfg = RuntimeConfig::new(layout, "/nonexistent/agent");
     cfg.capacity = crate::admission::Resources::new(1, 256, 10_000);
-    let net = Arc::new(FakeNetwork {
-        base: Ipv4Addr::new(127, 201, 7, 0),
-    });
+    let net = Arc::new(FakeNetwork { base: Ipv4Addr::new(127, 201, 7, 0) });
     let rt = Runtime::new(cfg, Arc::new(FakeEngine::default()), net);
-    let err = rt
-        .create(CreateSandbox {
-            memory_mb: Some(512),
-            cpu_count: Some(1),
-            ..req()
-        })
-        .await
-        .unwrap_err();
+    let err =
+        rt.create(CreateSandbox { memory_mb: Some(512), cpu_count: Some(1), ..req() }).await.unwrap_err();
     assert!(
-        matches!(
-            err,
-            RuntimeError::Admission(crate::admission::queue::AdmissionError::TooLarge { .. })
-        ),
+        matches!(err, RuntimeError::Admission(crate::admission::queue::AdmissionError::TooLarge { .. })),
         "{err}"
     );
     assert_eq!(rt.sandbox_count(), 0);
-    assert_eq!(
-        rt.admission_stats().used,
-        crate::admission::Resources::default()
-    );
+    assert_eq!(rt.admission_stats().used, crate::admission::Resources::default());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn pause_frees_the_slot_and_connect_resumes() {
+    let engine = Arc::new(FakeEngine::default());
+    let (rt, dir) = runtime(8, engine.clone());
+    for slot in 0..3 {
+        fake_agent(crate::network::slots::slot_addrs(Ipv4Addr::new(127, 201, 8, 0), slot).1).await;
+    }
+    let rec = rt.create(req()).await.unwrap();
+    let id = rec.id.to_string();
+    rt.pause(&id).await.unwrap();
+    let paused = rt.get_visible(&id).unwrap();
+    assert_eq!(paused.state, crate::lifecycle::SandboxState::Paused);
+    assert_eq!(paused.net_slot, None);
+    assert!(rt.route(&id).is_none(), "no traffic to a paused sandbox");
+    assert!(engine.list().unwrap().is_empty(), "the engine sandbox is stopped");
+    assert!(rt.config().layout.pause_image(&id).join("checkpoint.img").exists());
+    let used = rt.admission_stats().used;
+    assert_eq!((used.milli_cpu, used.memory_mb), (0, 0), "a paused sandbox holds disk only");
+    assert!(matches!(rt.pause(&id).await, Err(RuntimeError::AlreadyPaused(_))));
+
+    let out = rt.connect(&id, Some(std::time::Duration::from_secs(30))).await.unwrap();
+    assert!(out.resumed);
+    assert_eq!(out.record.state, crate::lifecycle::SandboxState::Running);
+    assert!(out.record.net_slot.is_some());
+    assert!(rt.route(&id).is_some());
+    assert!(!rt.config().layout.pause_image(&id).exists(), "the image is consumed by resume");
+    rt.kill_and_wait(&id).await.unwrap();
+    assert_eq!(rt.admission_stats().used, crate::admission::Resources::default());
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,0 +1,149 @@
+//! Pause and resume with E2B semantics. Pause checkpoints the whole sandbox (memory, processes,
+//! overlay filesystem) into `snapshots/paused/<id>`, stops it, frees its network slot and shrinks
+//! its reservation to disk only. Resume restores that image into a fresh namespace and address;
+//! processes keep their pids, open files, env and cwd.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+
+use super::{Runtime, RuntimeError};
+use crate::admission::{Class, Resources};
+use crate::ids::SandboxId;
+use crate::lifecycle::{LifecycleEvent, SandboxState};
+use crate::record::SandboxRecord;
+use crate::samples::SampleName;
+use crate::template::BASE_ROOTFS;
+
+/// Time for closed client streams to reach the agent before the checkpoint.
+const CUT_GRACE: Duration = Duration::from_millis(100);
+
+impl Runtime {
+    /// Pauses a running sandbox. A paused (or pausing) one is [`RuntimeError::AlreadyPaused`].
+    pub async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        let rec = self.get_visible(id)?;
+        if matches!(rec.state, SandboxState::Paused | SandboxState::Pausing) {
+            return Err(RuntimeError::AlreadyPaused(id.to_owned()));
+        }
+        let rec = self.transition(&rec.id, LifecycleEvent::BeginPause)?;
+        let started = Instant::now();
+        // No new traffic is routed while pausing; end the streams in flight and give the agent
+        // a moment to see them close, so no client connection is open inside the checkpoint.
+        self.cut_traffic(&rec.id, false);
+        tokio::time::sleep(CUT_GRACE).await;
+        match self.checkpoint_to_pause_image(&rec.id).await {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(sandbox = %rec.id, error = %e, "pause failed; sandbox keeps running");
+                let _ = self.transition(&rec.id, LifecycleEvent::Fail);
+                return Err(e);
+            }
+        }
+        // The engine sandbox has stopped; free what a stopped sandbox does not need.
+        self.teardown(&rec.id, rec.net_slot).await;
+        let want = Resources::new(rec.cpu_count, rec.memory_mb, rec.disk_size_mb);
+        if let Some(r) = rec.reservation {
+            if let Err(e) = self.inner.admission.reclassify(r, Class::Paused, want) {
+                tracing::error!(sandbox = %rec.id, error = %e, "capacity reclassify on pause failed");
+            }
+        }
+        self.update(&rec.id, |r| {
+            r.net_slot = None;
+            r.agent_ip = std::net::Ipv4Addr::UNSPECIFIED;
+        });
+        self.transition(&rec.id, LifecycleEvent::Paused)?;
+        self.inner.samples.record(SampleName::SnapshotSave, started.elapsed());
+        tracing::info!(sandbox = %rec.id, took = ?started.elapsed(), "sandbox paused");
+        Ok(())
+    }
+
+    /// Checkpoints into a temporary directory, then renames it into place.
+    async fn checkpoint_to_pause_image(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        let engine = Arc::clone(&self.inner.engine);
+        let image = self.inner.config.layout.pause_image(id.as_str());
+        let cid = id.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
+            let io = |what: &str, e: std::io::Error| {
+                RuntimeError::Internal(format!("pause of {cid}: {what}: {e}"))
+            };
+            let parent = image.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+            std::fs::create_dir_all(&parent).map_err(|e| io("creating snapshot dir", e))?;
+            let tmp = parent.join(format!(".{cid}.tmp"));
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(&tmp).map_err(|e| io("creating temp image dir", e))?;
+            if let Err(source) = engine.checkpoint(&cid, &tmp, false) {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(RuntimeError::Engine { id: cid.to_string(), source });
+            }
+            for entry in std::fs::read_dir(&tmp).map_err(|e| io("listing image", e))?.flatten() {
+                if let Ok(f) = std::fs::File::open(entry.path()) {
+                    let _ = f.sync_all();
+                }
+            }
+            let _ = std::fs::remove_dir_all(&image);
+            std::fs::rename(&tmp, &image).map_err(|e| io("publishing image", e))?;
+            if let Ok(d) = std::fs::File::open(&parent) {
+                let _ = d.sync_all();
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| RuntimeError::Internal(format!("pause task: {e}")))?
+    }
+
+    /// Resumes a paused sandbox (called by `connect`).
+    pub(super) async fn resume(
+        &self,
+        rec: SandboxRecord,
+        timeout: Duration,
+    ) -> Result<SandboxRecord, RuntimeError> {
+        let id = rec.id.clone();
+        let image = self.inner.config.layout.pause_image(id.as_str());
+        if !image.join("checkpoint.img").exists() {
+            return Err(RuntimeError::Internal(format!("paused sandbox {id} has no checkpoint image")));
+        }
+        self.transition(&id, LifecycleEvent::BeginResume)?;
+        let started = Instant::now();
+        let want = Resources::new(rec.cpu_count, rec.memory_mb, rec.disk_size_mb);
+        let grant =
+            match self.inner.admission.reserve(want, Class::Active, self.inner.config.admission_wait).await {
+                Ok(g) => g,
+                Err(e) => {
+                    let _ = self.transition(&id, LifecycleEvent::Fail);
+                    return Err(e.into());
+                }
+            };
+        let Some(slot) = self.slots().take() else {
+            let _ = self.inner.admission.release(grant.id);
+            let _ = self.transition(&id, LifecycleEvent::Fail);
+            return Err(RuntimeError::Network {
+                id: id.to_string(),
+                source: crate::network::NetworkError::Exhausted(super::NET_SLOTS),
+            });
+        };
+        let rootfs = self.inner.config.layout.rootfs_dir(BASE_ROOTFS);
+        let restored =
+            self.boot_and_init(&id, rootfs, slot, rec.cpu_count, rec.memory_mb, Some(image.clone())).await;
+        if let Err(e) = restored {
+            tracing::warn!(sandbox = %id, error = %e, "resume failed; sandbox stays paused");
+            self.teardown(&id, Some(slot)).await;
+            let _ = self.inner.admission.release(grant.id);
+            self.update(&id, |r| r.agent_ip = std::net::Ipv4Addr::UNSPECIFIED);
+            let _ = self.transition(&id, LifecycleEvent::Fail);
+            return Err(e);
+        }
+        if let Some(old) = rec.reservation {
+            let _ = self.inner.admission.release(old);
+        }
+        self.update(&id, |r| {
+            r.net_slot = Some(slot);
+            r.reservation = Some(grant.id);
+            r.end_at = OffsetDateTime::now_utc() + timeout;
+        });
+        let rec = self.transition(&id, LifecycleEvent::Ready)?;
+        let _ = std::fs::remove_dir_all(&image);
+        tracing::info!(sandbox = %id, took = ?started.elapsed(), "sandbox resumed");
+        Ok(rec)
+    }
+}
