@@ -32,6 +32,10 @@ impl Network for FakeNetwork {
         Vec::new()
     }
 
+    fn live_connections(&self, _sandbox_ip: Ipv4Addr) -> usize {
+        0
+    }
+
     fn remove_namespace(&self, _name: &str) -> Result<(), NetworkError> {
         Ok(())
     }

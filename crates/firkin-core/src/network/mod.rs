@@ -36,6 +36,9 @@ pub trait Network: Send + Sync + 'static {
     fn detach(&self, id: &SandboxId, slot: u32) -> Result<(), NetworkError>;
     /// Names of namespaces this network owns (for reconciliation).
     fn list_namespaces(&self) -> Vec<String>;
+    /// Host-side TCP connections to `sandbox_ip` that are not yet fully closed (anything but
+    /// TIME_WAIT/CLOSE): zero means no client connection is open inside the sandbox.
+    fn live_connections(&self, sandbox_ip: Ipv4Addr) -> usize;
     /// Removes a namespace found by [`Network::list_namespaces`] (its veth goes with it).
     fn remove_namespace(&self, name: &str) -> Result<(), NetworkError>;
 }

@@ -110,6 +110,10 @@ impl Network for NetnsNetwork {
             .unwrap_or_default()
     }
 
+    fn live_connections(&self, sandbox_ip: Ipv4Addr) -> usize {
+        std::fs::read_to_string("/proc/net/tcp").map(|t| count_live(&t, sandbox_ip)).unwrap_or(0)
+    }
+
     fn remove_namespace(&self, name: &str) -> Result<(), NetworkError> {
         let out = Command::new("ip").args(["netns", "del", name]).output().map_err(|e| {
             NetworkError::Command { id: name.to_owned(), op: "netns del".into(), detail: e.to_string() }
@@ -123,5 +127,37 @@ impl Network for NetnsNetwork {
                 detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             })
         }
+    }
+}
+
+/// Counts `/proc/net/tcp` rows whose remote address is `ip` and whose state is neither
+/// TIME_WAIT (06) nor CLOSE (07). Addresses are little-endian hex on little-endian hosts.
+fn count_live(table: &str, ip: Ipv4Addr) -> usize {
+    let want = format!("{:08X}", u32::from_le_bytes(ip.octets()));
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(rem), Some(state)) = (cols.get(2), cols.get(3)) else { return false };
+            rem.split(':').next() == Some(want.as_str()) && *state != "06" && *state != "07"
+        })
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_only_live_connections_to_the_sandbox() {
+        // 10.210.0.2 is 0200D20A little-endian.
+        let t = "  sl  local_address rem_address   st\n\
+   0: 0100D20A:9C40 0200D20A:C34F 01 0\n\
+   1: 0100D20A:9C41 0200D20A:C34F 06 0\n\
+   2: 0100D20A:9C42 0200D20A:C34F 05 0\n\
+   3: 0100007F:0BB8 0100007F:9C40 01 0\n";
+        assert_eq!(count_live(t, Ipv4Addr::new(10, 210, 0, 2)), 2);
+        assert_eq!(count_live(t, Ipv4Addr::new(10, 210, 0, 6)), 0);
     }
 }

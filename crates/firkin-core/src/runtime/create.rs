@@ -178,17 +178,13 @@ impl Runtime {
         self.persist(id)?;
 
         let t_probe = Instant::now();
-        self.inner
-            .agent
-            .wait_ready(ip, cfg.ready_timeout)
-            .await
-            .map_err(|source| {
-                let log = cfg.layout.sandbox_run_dir(id.as_str()).join("sandbox.log");
-                let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = tail.lines().rev().take(8).collect();
-                tracing::warn!(sandbox = %id, log = ?tail, "agent not ready; last lines of the sandbox log");
-                RuntimeError::NotReady { id: id.to_string(), source }
-            })?;
+        self.inner.agent.wait_ready(ip, cfg.ready_timeout).await.map_err(|source| {
+            let log = cfg.layout.sandbox_run_dir(id.as_str()).join("sandbox.log");
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(8).collect();
+            tracing::warn!(sandbox = %id, log = ?tail, "agent not ready; last lines of the sandbox log");
+            RuntimeError::NotReady { id: id.to_string(), source }
+        })?;
         self.inner.samples.record(SampleName::ReadyProbe, t_probe.elapsed());
         // A restored agent already holds this sandbox's token and must be shown it.
         let token = if image.is_some() { self.get(id).ok().map(|r| r.access_token) } else { None };

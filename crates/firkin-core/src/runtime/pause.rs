@@ -16,8 +16,12 @@ use crate::record::SandboxRecord;
 use crate::samples::SampleName;
 use crate::template::BASE_ROOTFS;
 
-/// Time for closed client streams to reach the agent before the checkpoint.
-const CUT_GRACE: Duration = Duration::from_millis(100);
+/// Longest a pause waits for client connections into the sandbox to close.
+const QUIET_TIMEOUT: Duration = Duration::from_secs(3);
+/// Extra time after the last connection closed before the checkpoint. Checkpointing the agent
+/// right after it closed a connection has left the restored agent hung or with a corrupt heap
+/// (runsc 2024-07-29); with a short settle time 30+ consecutive cycles pass.
+const SETTLE: Duration = Duration::from_millis(250);
 
 impl Runtime {
     /// Pauses a running sandbox. A paused (or pausing) one is [`RuntimeError::AlreadyPaused`].
@@ -31,7 +35,7 @@ impl Runtime {
         // No new traffic is routed while pausing; end the streams in flight and give the agent
         // a moment to see them close, so no client connection is open inside the checkpoint.
         self.cut_traffic(&rec.id, false);
-        tokio::time::sleep(CUT_GRACE).await;
+        self.wait_for_quiet(&rec).await;
         match self.checkpoint_to_pause_image(&rec.id).await {
             Ok(()) => {}
             Err(e) => {
@@ -56,6 +60,24 @@ impl Runtime {
         self.inner.samples.record(SampleName::SnapshotSave, started.elapsed());
         tracing::info!(sandbox = %rec.id, took = ?started.elapsed(), "sandbox paused");
         Ok(())
+    }
+
+    /// Waits until no client connection into the sandbox is open (bounded), so the checkpoint
+    /// holds none: a connection open inside a checkpoint leaves the restored agent stuck.
+    async fn wait_for_quiet(&self, rec: &SandboxRecord) {
+        let start = Instant::now();
+        loop {
+            let live = self.inner.network.live_connections(rec.agent_ip);
+            if live == 0 {
+                tokio::time::sleep(SETTLE).await;
+                return;
+            }
+            if start.elapsed() >= QUIET_TIMEOUT {
+                tracing::warn!(sandbox = %rec.id, live, "client connections still open at checkpoint");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Checkpoints into a temporary directory, then renames it into place.
