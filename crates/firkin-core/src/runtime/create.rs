@@ -35,9 +35,6 @@ impl Runtime {
     pub async fn create(&self, req: CreateSandbox) -> Result<SandboxRecord, RuntimeError> {
         let cfg = &self.inner.config;
         let template = self.inner.templates.resolve(&req.template_id)?;
-        if req.on_timeout == Some(OnTimeout::Pause) {
-            return Err(RuntimeError::Unsupported { feature: "autoPause (pause on timeout)" });
-        }
         if req.auto_resume {
             return Err(RuntimeError::Unsupported { feature: "autoResume" });
         }
