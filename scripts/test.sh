@@ -44,14 +44,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
+start_server() {
+  target/release/firkin serve --listen "127.0.0.1:$PORT" --api-key "$API_KEY" >>"$LOG" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 150); do
+    if curl -fsS -o /dev/null -H "X-API-KEY: $API_KEY" "http://127.0.0.1:$PORT/v2/sandboxes"; then return 0; fi
+    kill -0 "$SERVER_PID" 2>/dev/null || { echo "server exited early"; return 1; }
+    sleep 0.2
+  done
+  echo "server did not answer"; return 1
+}
+
 echo "== start server on 127.0.0.1:$PORT"
-target/release/firkin serve --listen "127.0.0.1:$PORT" --api-key "$API_KEY" >"$LOG" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 150); do
-  if curl -fsS -o /dev/null -H "X-API-KEY: $API_KEY" "http://127.0.0.1:$PORT/v2/sandboxes"; then break; fi
-  kill -0 "$SERVER_PID" 2>/dev/null || { echo "server exited early"; exit 1; }
-  sleep 0.2
-done
+start_server
 
 export E2B_API_URL="http://127.0.0.1:$PORT" E2B_SANDBOX_URL="http://127.0.0.1:$PORT" E2B_API_KEY="$API_KEY"
 unset E2B_DEBUG E2B_DOMAIN || true
@@ -61,6 +66,12 @@ echo "== SDK compatibility suite (e2b $("$VENV/bin/python" -c 'import importlib.
 
 echo "== server metrics after the suite"
 curl -fsS "http://127.0.0.1:$PORT/metrics" | grep -E '^firkin_(lifecycle_seconds_count|capacity_used|admission)' || true
+
+echo "== durability: a paused sandbox survives a server restart"
+read -r PAUSED_ID PAUSED_PID < <("$VENV/bin/python" tests/sdk/restart_check.py prepare)
+kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true
+start_server
+"$VENV/bin/python" tests/sdk/restart_check.py verify "$PAUSED_ID" "$PAUSED_PID"
 
 echo "== bench (short run; use 'firkin bench create -n 100' for the full table)"
 # Its own state dir and address range, so it never touches the server's sandboxes.

@@ -39,8 +39,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let app = firkin_server::app(AppState::new(runtime.clone(), api_key));
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
-    let n = runtime.kill_all().await;
-    tracing::info!(killed = n, "server stopped; sandboxes removed");
+    let n = runtime.shutdown().await;
+    tracing::info!(killed = n, "server stopped; running sandboxes removed, paused ones kept");
     Ok(())
 }
 

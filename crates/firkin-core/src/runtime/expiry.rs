@@ -48,7 +48,27 @@ impl Runtime {
             .collect()
     }
 
-    /// Kills every sandbox (server shutdown). Returns how many were killed.
+    /// Server shutdown: kills every running sandbox (re-adopting running sandboxes after a
+    /// restart is not implemented); paused ones stay on disk and are re-adopted at the next
+    /// start. Returns how many were killed.
+    pub async fn shutdown(&self) -> usize {
+        let ids: Vec<String> = self
+            .table()
+            .values()
+            .filter(|r| r.state != SandboxState::Paused)
+            .map(|r| r.id.to_string())
+            .collect();
+        let mut n = 0;
+        for id in ids {
+            if self.kill(&id).await.is_ok() {
+                n += 1;
+            }
+        }
+        self.drain_teardowns().await;
+        n
+    }
+
+    /// Kills every sandbox, paused ones included. Returns how many were killed.
     pub async fn kill_all(&self) -> usize {
         let ids: Vec<String> = self.table().keys().map(|k| k.to_string()).collect();
         let mut n = 0;

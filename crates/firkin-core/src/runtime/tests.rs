@@ -157,3 +157,35 @@ async fn pause_frees_the_slot_and_connect_resumes() {
     assert_eq!(rt.admission_stats().used, crate::admission::Resources::default());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn restart_readopts_paused_and_cleans_running() {
+    let engine = Arc::new(FakeEngine::default());
+    let (rt, dir) = runtime(9, engine.clone());
+    for slot in 0..4 {
+        fake_agent(crate::network::slots::slot_addrs(Ipv4Addr::new(127, 201, 9, 0), slot).1).await;
+    }
+    let paused = rt.create(req()).await.unwrap();
+    let running = rt.create(req()).await.unwrap();
+    rt.pause(paused.id.as_str()).await.unwrap();
+    let layout = rt.config().layout.clone();
+    drop(rt); // the server dies without shutting down
+
+    let mut cfg = RuntimeConfig::new(layout.clone(), "/nonexistent/agent");
+    cfg.ready_timeout = Duration::from_millis(300);
+    let net = Arc::new(FakeNetwork { base: Ipv4Addr::new(127, 201, 9, 0) });
+    let rt2 = Runtime::new(cfg, engine.clone(), net);
+    let report = rt2.reconcile().await;
+    assert_eq!(report.adopted_paused, 1);
+    assert_eq!(report.records_removed, 1);
+    assert!(engine.list().unwrap().is_empty(), "the running leftover was destroyed");
+    assert!(rt2.get_visible(running.id.as_str()).is_err());
+    let p = rt2.get_visible(paused.id.as_str()).unwrap();
+    assert_eq!(p.state, crate::lifecycle::SandboxState::Paused);
+    assert_eq!(rt2.admission_stats().paused, 1);
+    let out = rt2.connect(paused.id.as_str(), None).await.unwrap();
+    assert!(out.resumed);
+    rt2.kill_all().await;
+    assert_eq!(rt2.admission_stats().used, crate::admission::Resources::default());
+    let _ = std::fs::remove_dir_all(dir);
+}
