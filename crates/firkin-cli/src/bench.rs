@@ -28,6 +28,8 @@ use crate::setup::HostArgs;
 pub enum Scenario {
     /// Create a sandbox and wait for the first stdout byte of `echo`.
     Create,
+    /// Pause and resume one sandbox (with a running process) repeatedly.
+    Pause,
 }
 
 #[derive(Args, Debug)]
@@ -122,6 +124,58 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             all.extend([base, create, kill]);
         }
+        Scenario::Pause => {
+            let mut base = Series::new("baseline.raw_runsc_run_echo");
+            let mut pause = Series::new("firkin.pause");
+            let mut resume = Series::new("firkin.resume");
+            let mut first = Series::new("firkin.resume_to_first_stdout");
+            let layout = Layout::from_env();
+            let rootfs = layout.rootfs_dir(BASE_ROOTFS);
+            let scratch = layout.state_dir.join("run").join("bench");
+            let rec = runtime
+                .create(CreateSandbox {
+                    template_id: "base".into(),
+                    timeout: Some(Duration::from_secs(3600)),
+                    ..Default::default()
+                })
+                .await?;
+            let id = rec.id.to_string();
+            first_stdout(rec.agent_ip, &rec.access_token, "nohup sleep 100000 >/dev/null 2>&1 &").await?;
+            for i in 0..args.runs {
+                match raw_runsc_echo(&args.host.runsc, &rootfs, &scratch, i).await {
+                    Ok(d) => base.secs.push(d.as_secs_f64()),
+                    Err(_) => base.failures += 1,
+                }
+                let t = Instant::now();
+                if let Err(e) = runtime.pause(&id).await {
+                    pause.failures += 1;
+                    tracing::warn!(error = %e, "pause failed");
+                    break;
+                }
+                pause.secs.push(t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                match runtime.connect(&id, Some(Duration::from_secs(3600))).await {
+                    Ok(out) => {
+                        resume.secs.push(t.elapsed().as_secs_f64());
+                        match first_stdout(out.record.agent_ip, &out.record.access_token, "echo firkin").await
+                        {
+                            Ok(()) => first.secs.push(t.elapsed().as_secs_f64()),
+                            Err(_) => first.failures += 1,
+                        }
+                    }
+                    Err(e) => {
+                        resume.failures += 1;
+                        tracing::warn!(error = %e, "resume failed");
+                        break;
+                    }
+                }
+                if (i + 1) % 10 == 0 {
+                    eprintln!("  {}/{} cycles", i + 1, args.runs);
+                }
+            }
+            runtime.kill_and_wait(&id).await?;
+            all.extend([base, pause, resume, first]);
+        }
     }
     println!("firkin bench ({} runs each)", args.runs);
     for s in &all {
@@ -161,7 +215,7 @@ async fn create_to_first_stdout(rt: &Runtime) -> anyhow::Result<(Duration, Strin
             ..Default::default()
         })
         .await?;
-    let result = first_stdout(rec.agent_ip, &rec.access_token).await;
+    let result = first_stdout(rec.agent_ip, &rec.access_token, "echo firkin").await;
     let elapsed = t0.elapsed();
     let tk = Instant::now();
     rt.kill_and_wait(rec.id.as_str()).await?;
@@ -170,9 +224,10 @@ async fn create_to_first_stdout(rt: &Runtime) -> anyhow::Result<(Duration, Strin
     Ok((elapsed, rec.id.to_string(), kd))
 }
 
-/// Starts `echo firkin` via envd `Process/Start` and waits for a stdout data event.
-async fn first_stdout(ip: std::net::Ipv4Addr, token: &str) -> anyhow::Result<()> {
-    let msg = json!({"process": {"cmd": "/bin/bash", "args": ["-l", "-c", "echo firkin"]}, "stdin": false});
+/// Starts `script` via envd `Process/Start` and waits for a stdout data event (or, for a
+/// script that prints nothing, the end of its stream).
+async fn first_stdout(ip: std::net::Ipv4Addr, token: &str, script: &str) -> anyhow::Result<()> {
+    let msg = json!({"process": {"cmd": "/bin/bash", "args": ["-l", "-c", script]}, "stdin": false});
     let payload = serde_json::to_vec(&msg)?;
     let mut frame = Vec::with_capacity(payload.len() + 5);
     frame.push(0u8);
@@ -201,7 +256,8 @@ async fn first_stdout(ip: std::net::Ipv4Addr, token: &str) -> anyhow::Result<()>
             let v: serde_json::Value = serde_json::from_slice(&buf[5..5 + len]).unwrap_or_default();
             buf.drain(..5 + len);
             if flags & 0x02 != 0 {
-                anyhow::bail!("stream ended before stdout: {v}");
+                anyhow::ensure!(v.get("error").is_none(), "stream failed: {v}");
+                return Ok(());
             }
             if v["event"]["data"]["stdout"].is_string() {
                 return Ok(());
