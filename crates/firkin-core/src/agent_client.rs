@@ -103,21 +103,14 @@ impl AgentClient {
 
     /// Reads the agent's resource usage.
     pub async fn metrics(&self, addr: Ipv4Addr, token: &str) -> Result<AgentMetrics, AgentError> {
-        let err = |detail: String| AgentError::Call { addr, route: "GET /metrics", detail };
         let request = http::Request::get(format!("http://{addr}:{ENVD_PORT}/metrics"))
             .header("x-access-token", token)
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| err(e.to_string()))?;
-        let resp = tokio::time::timeout(Duration::from_secs(5), self.client.request(request))
-            .await
-            .map_err(|_| err("timed out".into()))?
-            .map_err(|e| err(e.to_string()))?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(|e| err(e.to_string()))?.to_bytes();
-        if !status.is_success() {
-            return Err(err(format!("status {status}")));
-        }
-        serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))
+            .body(Full::new(Bytes::new()));
+        self.call_json(addr, request, Duration::from_secs(5)).await.map_err(|detail| AgentError::Call {
+            addr,
+            route: "GET /metrics",
+            detail,
+        })
     }
 
     /// Sends `/init`. `current_token` is required by the agent when it already has a token.
@@ -127,23 +120,34 @@ impl AgentClient {
         req: &InitRequest,
         current_token: Option<&str>,
     ) -> Result<InitResponse, AgentError> {
-        let err = |detail: String| AgentError::Init { addr, detail };
-        let body = serde_json::to_vec(req).map_err(|e| err(e.to_string()))?;
+        let body = serde_json::to_vec(req).map_err(|e| AgentError::Init { addr, detail: e.to_string() })?;
         let mut builder = http::Request::post(format!("http://{addr}:{ENVD_PORT}{INIT_PATH}"))
             .header("content-type", "application/json");
         if let Some(t) = current_token {
             builder = builder.header("x-access-token", t);
         }
-        let request = builder.body(Full::new(Bytes::from(body))).map_err(|e| err(e.to_string()))?;
-        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
+        self.call_json(addr, builder.body(Full::new(Bytes::from(body))), Duration::from_secs(10))
             .await
-            .map_err(|_| err("timed out".into()))?
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|detail| AgentError::Init { addr, detail })
+    }
+
+    /// Sends a request and decodes a 2xx JSON answer; errors are described as text.
+    async fn call_json<T: serde::de::DeserializeOwned>(
+        &self,
+        addr: Ipv4Addr,
+        request: Result<http::Request<Full<Bytes>>, http::Error>,
+        timeout: Duration,
+    ) -> Result<T, String> {
+        let request = request.map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(timeout, self.client.request(request))
+            .await
+            .map_err(|_| format!("no answer from {addr} within {timeout:?}"))?
+            .map_err(|e| e.to_string())?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(|e| err(e.to_string()))?.to_bytes();
+        let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
         if !status.is_success() {
-            return Err(err(format!("status {status}: {}", String::from_utf8_lossy(&bytes))));
+            return Err(format!("status {status}: {}", String::from_utf8_lossy(&bytes)));
         }
-        serde_json::from_slice(&bytes).map_err(|e| err(format!("bad init response: {e}")))
+        serde_json::from_slice(&bytes).map_err(|e| format!("bad response: {e}"))
     }
 }

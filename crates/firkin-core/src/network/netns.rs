@@ -43,20 +43,18 @@ impl NetnsNetwork {
     }
 
     fn ip(id: &SandboxId, op: &str, args: &[&str]) -> Result<(), NetworkError> {
-        let out = Command::new("ip").args(args).output().map_err(|e| NetworkError::Command {
-            id: id.to_string(),
-            op: op.to_owned(),
-            detail: format!("spawning ip: {e}"),
-        })?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(NetworkError::Command {
-                id: id.to_string(),
-                op: op.to_owned(),
-                detail: format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()),
-            })
-        }
+        run_ip(id.as_str(), op, args)
+    }
+}
+
+/// Runs `ip ARGS`; `owner` (a sandbox id or namespace name) and `op` name the failure.
+fn run_ip(owner: &str, op: &str, args: &[&str]) -> Result<(), NetworkError> {
+    let fail = |detail: String| NetworkError::Command { id: owner.to_owned(), op: op.to_owned(), detail };
+    let out = Command::new("ip").args(args).output().map_err(|e| fail(format!("spawning ip: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(fail(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
     }
 }
 
@@ -115,18 +113,7 @@ impl Network for NetnsNetwork {
     }
 
     fn remove_namespace(&self, name: &str) -> Result<(), NetworkError> {
-        let out = Command::new("ip").args(["netns", "del", name]).output().map_err(|e| {
-            NetworkError::Command { id: name.to_owned(), op: "netns del".into(), detail: e.to_string() }
-        })?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(NetworkError::Command {
-                id: name.to_owned(),
-                op: "netns del".into(),
-                detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            })
-        }
+        run_ip(name, "netns del", &["netns", "del", name])
     }
 }
 
