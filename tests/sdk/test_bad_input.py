@@ -111,8 +111,8 @@ def test_killed_sandbox_traffic_gets_502_not_found(api):
 
 
 def test_unsupported_features_say_so(api, sandbox):
-    r = api.post(f"/sandboxes/{sandbox.sandbox_id}/fork", headers=auth_headers(), json={"count": 1})
-    assert r.status_code == 501 and "fork" in r.json()["message"]
+    r = api.post(f"/sandboxes/{sandbox.sandbox_id}/snapshots", headers=auth_headers(), json={"memory": False})
+    assert r.status_code == 501 and "filesystem-only" in r.json()["message"]
     body = {"templateID": "base", "autoResume": {"enabled": True}, "metadata": {}, "envVars": {}}
     r = api.post("/v2/sandboxes", headers=auth_headers(), json=body)
     assert r.status_code == 501 and "autoResume" in r.json()["message"]

@@ -51,6 +51,13 @@ impl Layout {
     pub fn pause_image(&self, id: &str) -> PathBuf {
         self.paused_dir().join(id)
     }
+    /// Snapshot artifacts (`images/<snapshot id>/` with `manifest.json`).
+    pub fn snapshot_images_dir(&self) -> PathBuf {
+        self.state_dir.join("snapshots").join("images")
+    }
+    pub fn snapshot_dir(&self, id: &str) -> PathBuf {
+        self.snapshot_images_dir().join(id)
+    }
     /// Where quarantined (untrusted) artifacts are moved.
     pub fn quarantine_dir(&self) -> PathBuf {
         self.state_dir.join("quarantine")

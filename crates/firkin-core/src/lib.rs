@@ -15,5 +15,6 @@ pub mod network;
 pub mod record;
 pub mod runtime;
 pub mod samples;
+pub mod snapshot;
 pub mod template;
 pub mod timefmt;

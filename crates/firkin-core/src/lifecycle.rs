@@ -19,6 +19,8 @@ pub enum SandboxState {
     Pausing,
     Paused,
     Resuming,
+    /// Running, briefly frozen for a checkpoint that leaves it running (snapshot, fork).
+    Snapshotting,
     Killed,
 }
 
@@ -32,6 +34,8 @@ pub enum LifecycleEvent {
     BeginPause,
     Paused,
     BeginResume,
+    BeginSnapshot,
+    SnapshotDone,
     Kill,
 }
 
@@ -57,6 +61,8 @@ impl SandboxState {
             (S::Paused, E::BeginResume) => S::Resuming,
             (S::Resuming, E::Ready) => S::Running,
             (S::Resuming, E::Fail) => S::Paused,
+            (S::Running, E::BeginSnapshot) => S::Snapshotting,
+            (S::Snapshotting, E::SnapshotDone | E::Fail) => S::Running,
             (S::Killed, _) => return Err(TransitionError { from: self, event }),
             (_, E::Kill) => S::Killed,
             _ => return Err(TransitionError { from: self, event }),
@@ -67,7 +73,7 @@ impl SandboxState {
     /// The E2B-visible state name, for states the SDK may see (`running` / `paused`).
     pub fn e2b_name(self) -> Option<&'static str> {
         match self {
-            SandboxState::Running | SandboxState::Pausing => Some("running"),
+            SandboxState::Running | SandboxState::Pausing | SandboxState::Snapshotting => Some("running"),
             SandboxState::Paused | SandboxState::Resuming => Some("paused"),
             SandboxState::Creating | SandboxState::Killed => None,
         }
@@ -102,6 +108,17 @@ mod tests {
         assert!(S::Killed.apply(E::Kill).is_err());
         assert!(S::Paused.apply(E::BeginPause).is_err());
         assert!(S::Creating.apply(E::BeginPause).is_err());
+    }
+
+    #[test]
+    fn snapshots_return_to_running() {
+        let s = S::Running.apply(E::BeginSnapshot).unwrap();
+        assert_eq!(s, S::Snapshotting);
+        assert!(!s.accepts_traffic());
+        assert_eq!(s.e2b_name(), Some("running"));
+        assert_eq!(s.apply(E::SnapshotDone).unwrap(), S::Running);
+        assert_eq!(s.apply(E::Fail).unwrap(), S::Running);
+        assert!(S::Paused.apply(E::BeginSnapshot).is_err());
     }
 
     #[test]

@@ -14,8 +14,8 @@ use firkin_core::runtime::CreateSandbox;
 use crate::error::ApiError;
 use crate::list_query::list_query;
 use crate::wire::{
-    parse_json, parse_json_or_default, seconds, NewSandbox, SandboxListing, SandboxMetric, SandboxResponse,
-    TimeoutBody,
+    parse_json, parse_json_or_default, seconds, ForkBody, NewSandbox, SandboxListing, SandboxMetric,
+    SandboxResponse, SnapshotBody, SnapshotListing, TimeoutBody,
 };
 use crate::AppState;
 
@@ -31,9 +31,10 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/resume", post(connect))
         .route("/sandboxes/{id}/pause", post(pause))
         .route("/sandboxes/{id}/metrics", get(sandbox_metrics))
-        .route("/sandboxes/{id}/snapshots", post(unsupported_snapshots))
-        .route("/sandboxes/{id}/fork", post(unsupported_fork))
-        .route("/snapshots", get(unsupported_snapshots))
+        .route("/sandboxes/{id}/snapshots", post(create_snapshot))
+        .route("/sandboxes/{id}/fork", post(fork))
+        .route("/snapshots", get(list_snapshots))
+        .route("/templates/{id}", axum::routing::delete(delete_snapshot))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -141,12 +142,65 @@ async fn sandbox_metrics(
     }]))
 }
 
-async fn unsupported_snapshots() -> ApiError {
-    ApiError::new(StatusCode::NOT_IMPLEMENTED, "snapshots are not supported by this firkin server yet")
+async fn create_snapshot(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let b: SnapshotBody = parse_json_or_default(&body)?;
+    let m = st.runtime.create_snapshot(&id, b.name, b.memory).await?;
+    Ok((StatusCode::CREATED, Json(SnapshotListing::from_manifest(&m))).into_response())
 }
 
-async fn unsupported_fork() -> ApiError {
-    ApiError::new(StatusCode::NOT_IMPLEMENTED, "fork is not supported by this firkin server yet")
+async fn list_snapshots(
+    State(st): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let all = st.runtime.list_snapshots(
+        params.get("sandboxID").map(String::as_str).filter(|s| !s.is_empty()),
+        params.get("name").map(String::as_str).filter(|s| !s.is_empty()),
+    );
+    let offset: usize = match params.get("nextToken").filter(|t| !t.is_empty()) {
+        None => 0,
+        Some(t) => t.parse().map_err(|_| ApiError::bad_request(format!("invalid nextToken {t:?}")))?,
+    };
+    let limit: usize = match params.get("limit") {
+        None => usize::MAX,
+        Some(l) => l.parse().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+    };
+    let page: Vec<SnapshotListing> =
+        all.iter().skip(offset).take(limit).map(SnapshotListing::from_manifest).collect();
+    let mut resp = Json(&page).into_response();
+    let next = offset.saturating_add(page.len());
+    if next < all.len() {
+        resp.headers_mut().insert("x-next-token", HeaderValue::from(next));
+    }
+    Ok(resp)
+}
+
+async fn delete_snapshot(State(st): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    st.runtime.delete_snapshot(&id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn fork(State(st): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    let b: ForkBody = parse_json_or_default(&body)?;
+    let count =
+        usize::try_from(b.count.unwrap_or(1)).map_err(|_| ApiError::bad_request("count must be positive"))?;
+    let timeout = b.timeout.map(|t| seconds("timeout", t)).transpose()?;
+    let domain = st.runtime.config().domain.clone();
+    let children = st.runtime.fork(&id, count, timeout).await?;
+    let items: Vec<serde_json::Value> = children
+        .into_iter()
+        .map(|c| match c {
+            Ok(rec) => serde_json::json!({"sandbox": SandboxResponse::from_record(&rec, domain.clone())}),
+            Err(e) => {
+                let e = ApiError::from(e);
+                serde_json::json!({"error": {"code": e.status.as_u16(), "message": e.message}})
+            }
+        })
+        .collect();
+    Ok((StatusCode::CREATED, Json(items)).into_response())
 }
 
 async fn health() -> StatusCode {

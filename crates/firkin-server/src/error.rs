@@ -4,6 +4,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use firkin_core::admission::queue::AdmissionError;
 use firkin_core::runtime::RuntimeError;
+use firkin_core::snapshot::SnapshotError;
 use firkin_core::template::TemplateError;
 use serde_json::json;
 
@@ -70,6 +71,11 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             RuntimeError::SandboxNotFound(_) => StatusCode::NOT_FOUND,
             RuntimeError::AlreadyPaused(_) => StatusCode::CONFLICT,
+            RuntimeError::SnapshotNotFound(_) => StatusCode::NOT_FOUND,
+            RuntimeError::Snapshot {
+                source: SnapshotError::Integrity { .. } | SnapshotError::AgentMismatch { .. },
+            } => StatusCode::CONFLICT,
+            RuntimeError::Snapshot { source: SnapshotError::Io { .. } } => StatusCode::INTERNAL_SERVER_ERROR,
             RuntimeError::Transition { .. } => StatusCode::CONFLICT,
             RuntimeError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
             RuntimeError::Network { source: firkin_core::network::NetworkError::Exhausted(_), .. } => {

@@ -166,3 +166,35 @@ pub struct SandboxMetric {
     pub disk_used: u64,
     pub disk_total: u64,
 }
+
+/// `POST /sandboxes/{id}/snapshots` body.
+#[derive(Debug, Deserialize, Default)]
+pub struct SnapshotBody {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub memory: Option<bool>,
+}
+
+/// `POST /sandboxes/{id}/fork` body.
+#[derive(Debug, Deserialize, Default)]
+pub struct ForkBody {
+    #[serde(default)]
+    pub count: Option<i64>,
+    #[serde(default)]
+    pub timeout: Option<i64>,
+}
+
+/// A snapshot as the API lists it.
+#[derive(Debug, Serialize)]
+pub struct SnapshotListing {
+    #[serde(rename = "snapshotID")]
+    pub snapshot_id: String,
+    pub names: Vec<String>,
+}
+
+impl SnapshotListing {
+    pub fn from_manifest(m: &firkin_core::snapshot::SnapshotManifest) -> SnapshotListing {
+        SnapshotListing { snapshot_id: m.snapshot_id.clone(), names: m.names.clone() }
+    }
+}

@@ -30,11 +30,64 @@ pub struct CreateSandbox {
     pub allow_internet_access: Option<bool>,
 }
 
+/// How to start one sandbox's engine side.
+pub(super) struct BootPlan {
+    pub rootfs: std::path::PathBuf,
+    pub slot: u32,
+    pub cpu: u32,
+    pub mem: u32,
+    /// Restore this checkpoint image instead of booting.
+    pub image: Option<std::path::PathBuf>,
+    /// The token the restored agent already holds.
+    pub restored_token: Option<String>,
+}
+
+/// What a sandbox starts from: a template's rootfs (boot) or a snapshot image (restore).
+struct Source {
+    template_id: String,
+    rootfs: std::path::PathBuf,
+    image: Option<std::path::PathBuf>,
+    restored_token: Option<String>,
+    base_env: BTreeMap<String, String>,
+    cpu_count: Option<u32>,
+    memory_mb: Option<u32>,
+}
+
 impl Runtime {
     /// Creates and starts a sandbox; returns its record once the agent answers.
+    /// `templateID` may name a built-in template or a snapshot (by id or name); a snapshot is
+    /// restored instead of booted.
     pub async fn create(&self, req: CreateSandbox) -> Result<SandboxRecord, RuntimeError> {
-        let cfg = &self.inner.config;
+        if let Some(m) = self.inner.snapshots.find(&req.template_id) {
+            let verify = self.inner.snapshots.verify(&m, &self.inner.agent_sha256);
+            verify.map_err(|source| RuntimeError::Snapshot { source })?;
+            let source = Source {
+                template_id: m.snapshot_id.clone(),
+                rootfs: self.inner.config.layout.rootfs_dir(crate::template::BASE_ROOTFS),
+                image: Some(self.inner.snapshots.image_dir(&m.snapshot_id)),
+                restored_token: Some(m.access_token.clone()),
+                base_env: m.env_vars.clone(),
+                cpu_count: Some(m.cpu_count),
+                memory_mb: Some(m.memory_mb),
+            };
+            return self.launch(req, source).await;
+        }
         let template = self.inner.templates.resolve(&req.template_id)?;
+        let source = Source {
+            template_id: template.id,
+            rootfs: template.rootfs,
+            image: None,
+            restored_token: None,
+            base_env: BTreeMap::new(),
+            cpu_count: None,
+            memory_mb: None,
+        };
+        self.launch(req, source).await
+    }
+
+    /// Validates, reserves, and boots or restores one sandbox from `source`.
+    async fn launch(&self, req: CreateSandbox, source: Source) -> Result<SandboxRecord, RuntimeError> {
+        let cfg = &self.inner.config;
         if req.auto_resume {
             return Err(RuntimeError::Unsupported { feature: "autoResume" });
         }
@@ -44,14 +97,15 @@ impl Runtime {
             });
         }
         let timeout = self.clamp_timeout(req.timeout)?;
-        let cpu_count = req.cpu_count.unwrap_or(cfg.default_cpu_count);
+        // A restored image keeps the resources it was taken with.
+        let cpu_count = source.cpu_count.or(req.cpu_count).unwrap_or(cfg.default_cpu_count);
         if cpu_count == 0 || cpu_count > cfg.max_cpu_count {
             return Err(RuntimeError::InvalidRequest(format!(
                 "cpuCount must be 1..={}, got {cpu_count}",
                 cfg.max_cpu_count
             )));
         }
-        let memory_mb = req.memory_mb.unwrap_or(cfg.default_memory_mb);
+        let memory_mb = source.memory_mb.or(req.memory_mb).unwrap_or(cfg.default_memory_mb);
         if !(128..=cfg.max_memory_mb).contains(&memory_mb) {
             return Err(RuntimeError::InvalidRequest(format!(
                 "memoryMB must be 128..={}, got {memory_mb}",
@@ -81,10 +135,10 @@ impl Runtime {
         let record = SandboxRecord {
             format: RECORD_FORMAT,
             id: id.clone(),
-            template_id: template.id.clone(),
+            template_id: source.template_id.clone(),
             state: SandboxState::Creating,
             metadata: req.metadata,
-            env_vars: req.env_vars,
+            env_vars: source.base_env.into_iter().chain(req.env_vars).collect(),
             started_at: now,
             end_at: now + timeout,
             cpu_count,
@@ -98,7 +152,20 @@ impl Runtime {
         };
         self.table().insert(id.clone(), record);
 
-        match self.boot_and_init(&id, template.rootfs, slot, cpu_count, memory_mb, None).await {
+        let booted = self
+            .boot_and_init(
+                &id,
+                BootPlan {
+                    rootfs: source.rootfs,
+                    slot,
+                    cpu: cpu_count,
+                    mem: memory_mb,
+                    image: source.image,
+                    restored_token: source.restored_token,
+                },
+            )
+            .await;
+        match booted {
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!(sandbox = %id, error = %e, "create failed; cleaning up");
@@ -131,15 +198,8 @@ impl Runtime {
 
     /// Attaches the network and boots (or, with `image`, restores) the sandbox, then waits for
     /// its agent and initialises it. Returns the network slot's sandbox address.
-    pub(super) async fn boot_and_init(
-        &self,
-        id: &SandboxId,
-        rootfs: std::path::PathBuf,
-        slot: u32,
-        cpu: u32,
-        mem: u32,
-        image: Option<std::path::PathBuf>,
-    ) -> Result<(), RuntimeError> {
+    pub(super) async fn boot_and_init(&self, id: &SandboxId, plan: BootPlan) -> Result<(), RuntimeError> {
+        let BootPlan { rootfs, slot, cpu, mem, image, restored_token } = plan;
         let cfg = &self.inner.config;
         let network = Arc::clone(&self.inner.network);
         let engine = Arc::clone(&self.inner.engine);
@@ -183,9 +243,9 @@ impl Runtime {
             RuntimeError::NotReady { id: id.to_string(), source }
         })?;
         self.inner.samples.record(SampleName::ReadyProbe, t_probe.elapsed());
-        // A restored agent already holds this sandbox's token and must be shown it.
-        let token = if image.is_some() { self.get(id).ok().map(|r| r.access_token) } else { None };
-        self.init_agent(id, token.as_deref()).await?;
+        // A restored agent already holds a token (its own, or its snapshot source's) and must
+        // be shown it before it accepts this sandbox's.
+        self.init_agent(id, restored_token.as_deref()).await?;
         let sample = if image.is_some() { SampleName::WarmSnapshotRestore } else { SampleName::ColdBoot };
         self.inner.samples.record(sample, t_boot.elapsed());
         Ok(())

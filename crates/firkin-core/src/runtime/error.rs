@@ -18,6 +18,8 @@ pub enum RuntimeError {
     InvalidRequest(String),
     #[error("sandbox {0} is already paused")]
     AlreadyPaused(String),
+    #[error("snapshot {0} not found")]
+    SnapshotNotFound(String),
     #[error("sandbox {0} not found")]
     SandboxNotFound(String),
     #[error("sandbox {id}: {source}")]
@@ -32,6 +34,8 @@ pub enum RuntimeError {
     NotReady { id: String, source: AgentError },
     #[error("sandbox {id}: {source}")]
     Agent { id: String, source: AgentError },
+    #[error(transparent)]
+    Snapshot { source: crate::snapshot::SnapshotError },
     #[error("persisting sandbox state: {0}")]
     Persist(#[from] AtomicWriteError),
     #[error("internal: {0}")]

@@ -1,13 +1,14 @@
 //! The runtime: the one typed operation seam every front end uses. It owns the sandbox table,
 //! applies lifecycle transitions, persists records, and drives the engine and network seams.
 
-mod create;
+pub(crate) mod create;
 mod error;
 mod expiry;
 pub mod list;
 mod ops;
 mod pause;
 mod reconcile;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -48,6 +49,9 @@ struct Inner {
     samples: Samples,
     agent: AgentClient,
     admission: Admission,
+    snapshots: Arc<crate::snapshot::SnapshotStore>,
+    /// SHA-256 of the agent binary: images taken with another build cannot be restored.
+    agent_sha256: String,
     table: Mutex<BTreeMap<SandboxId, SandboxRecord>>,
     slots: Mutex<SlotAllocator>,
     /// Per-sandbox traffic epochs: bumping one ends every proxied stream to that sandbox.
@@ -60,6 +64,9 @@ impl Runtime {
     pub fn new(config: RuntimeConfig, engine: Arc<dyn Engine>, network: Arc<dyn Network>) -> Runtime {
         let templates = TemplateCatalog::new(config.layout.clone());
         let admission = Admission::new(config.capacity, config.max_queue);
+        let snapshots = Arc::new(crate::snapshot::SnapshotStore::new(config.layout.clone()));
+        let agent_sha256 =
+            crate::snapshot::sha256_file(&config.agent_path).map(|(_, d)| d).unwrap_or_default();
         Runtime {
             inner: Arc::new(Inner {
                 config,
@@ -69,6 +76,8 @@ impl Runtime {
                 samples: Samples::default(),
                 agent: AgentClient::new(),
                 admission,
+                snapshots,
+                agent_sha256,
                 table: Mutex::new(BTreeMap::new()),
                 slots: Mutex::new(SlotAllocator::new(NET_SLOTS)),
                 cuts: Mutex::new(BTreeMap::new()),

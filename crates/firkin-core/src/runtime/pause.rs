@@ -64,7 +64,7 @@ impl Runtime {
 
     /// Waits until no client connection into the sandbox is open (bounded), so the checkpoint
     /// holds none: a connection open inside a checkpoint leaves the restored agent stuck.
-    async fn wait_for_quiet(&self, rec: &SandboxRecord) {
+    pub(super) async fn wait_for_quiet(&self, rec: &SandboxRecord) {
         let start = Instant::now();
         loop {
             let live = self.inner.network.live_connections(rec.agent_ip);
@@ -145,8 +145,19 @@ impl Runtime {
             });
         };
         let rootfs = self.inner.config.layout.rootfs_dir(BASE_ROOTFS);
-        let restored =
-            self.boot_and_init(&id, rootfs, slot, rec.cpu_count, rec.memory_mb, Some(image.clone())).await;
+        let restored = self
+            .boot_and_init(
+                &id,
+                super::create::BootPlan {
+                    rootfs,
+                    slot,
+                    cpu: rec.cpu_count,
+                    mem: rec.memory_mb,
+                    image: Some(image.clone()),
+                    restored_token: Some(rec.access_token.clone()),
+                },
+            )
+            .await;
         if let Err(e) = restored {
             tracing::warn!(sandbox = %id, error = %e, "resume failed; sandbox stays paused");
             self.teardown(&id, Some(slot)).await;

@@ -66,6 +66,14 @@ impl Runtime {
                     }
                 }
             }
+            // Snapshot staging dirs of checkpoints that never got published.
+            if let Ok(rd) = std::fs::read_dir(layout.snapshot_images_dir()) {
+                for entry in rd.flatten() {
+                    if entry.file_name().to_string_lossy().starts_with('.') {
+                        let _ = std::fs::remove_dir_all(entry.path());
+                    }
+                }
+            }
             for name in engine.list().unwrap_or_default() {
                 if let Ok(id) = SandboxId::parse(&name) {
                     let _ = engine.destroy(&id);

@@ -189,3 +189,43 @@ async fn restart_readopts_paused_and_cleans_running() {
     assert_eq!(rt2.admission_stats().used, crate::admission::Resources::default());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn snapshot_create_from_it_and_fork() {
+    let engine = Arc::new(FakeEngine::default());
+    let (rt, dir) = runtime(10, engine.clone());
+    for slot in 0..6 {
+        fake_agent(crate::network::slots::slot_addrs(Ipv4Addr::new(127, 201, 10, 0), slot).1).await;
+    }
+    let mut r = req();
+    r.env_vars.insert("FROM".into(), "source".into());
+    let src = rt.create(r).await.unwrap();
+    let snap = rt.create_snapshot(src.id.as_str(), Some("golden".into()), None).await.unwrap();
+    assert_eq!(rt.get_visible(src.id.as_str()).unwrap().state, crate::lifecycle::SandboxState::Running);
+    assert_eq!(rt.list_snapshots(Some(src.id.as_str()), None).len(), 1);
+    assert!(!snap.files.is_empty() && snap.files.iter().all(|f| f.sha256.len() == 64));
+
+    let mut from = req();
+    from.template_id = "golden".into();
+    from.env_vars.insert("EXTRA".into(), "1".into());
+    let child = rt.create(from).await.unwrap();
+    assert_eq!(child.template_id, snap.snapshot_id);
+    assert_ne!(child.access_token, src.access_token, "a restored copy gets its own token");
+    assert_eq!(child.env_vars.get("FROM").map(String::as_str), Some("source"));
+    assert_eq!(child.env_vars.get("EXTRA").map(String::as_str), Some("1"));
+
+    let kids = rt.fork(src.id.as_str(), 2, None).await.unwrap();
+    assert_eq!(kids.len(), 2);
+    assert!(kids.iter().all(|k| k.as_ref().is_ok_and(|r| r.template_id == "base")));
+    assert_eq!(rt.list_snapshots(None, None).len(), 1, "fork's own snapshot is removed");
+
+    assert!(matches!(
+        rt.create_snapshot(src.id.as_str(), None, Some(false)).await,
+        Err(RuntimeError::Unsupported { .. })
+    ));
+    rt.delete_snapshot("golden").unwrap();
+    assert!(matches!(rt.delete_snapshot("golden"), Err(RuntimeError::SnapshotNotFound(_))));
+    rt.kill_all().await;
+    assert_eq!(rt.admission_stats().used, crate::admission::Resources::default());
+    let _ = std::fs::remove_dir_all(dir);
+}

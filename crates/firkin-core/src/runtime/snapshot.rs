@@ -1,0 +1,159 @@
+//! Snapshots and fork. A snapshot checkpoints a running sandbox and leaves it running (it is
+//! `snapshotting`, with no traffic routed, for the duration of the save); the image is published
+//! with a manifest and an integrity record. Creating from a snapshot restores the image as a new,
+//! independent sandbox; fork is a snapshot restored N times.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+
+use super::{CreateSandbox, Runtime, RuntimeError};
+use crate::lifecycle::{LifecycleEvent, SandboxState};
+use crate::record::SandboxRecord;
+use crate::samples::SampleName;
+use crate::snapshot::{SnapshotManifest, SnapshotStore, SNAPSHOT_FORMAT};
+
+impl Runtime {
+    /// Snapshots a running sandbox, which keeps running. `memory: Some(false)` (filesystem-only
+    /// snapshots) is not supported.
+    pub async fn create_snapshot(
+        &self,
+        id: &str,
+        name: Option<String>,
+        memory: Option<bool>,
+    ) -> Result<SnapshotManifest, RuntimeError> {
+        if memory == Some(false) {
+            return Err(RuntimeError::Unsupported { feature: "filesystem-only snapshots (memory=false)" });
+        }
+        if let Some(n) = &name {
+            let ok = !n.is_empty()
+                && n.len() <= 128
+                && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b));
+            if !ok {
+                return Err(RuntimeError::InvalidRequest(format!("invalid snapshot name {n:?}")));
+            }
+        }
+        let rec = self.get_visible(id)?;
+        if rec.state != SandboxState::Running {
+            return Err(RuntimeError::Transition {
+                id: id.to_owned(),
+                source: crate::lifecycle::TransitionError {
+                    from: rec.state,
+                    event: LifecycleEvent::BeginSnapshot,
+                },
+            });
+        }
+        let rec = self.transition(&rec.id, LifecycleEvent::BeginSnapshot)?;
+        let started = Instant::now();
+        self.cut_traffic(&rec.id, false);
+        self.wait_for_quiet(&rec).await;
+        let snapshot_id = SnapshotStore::new_id();
+        let saved = self.checkpoint_leave_running(&rec, &snapshot_id).await;
+        self.transition(
+            &rec.id,
+            if saved.is_ok() { LifecycleEvent::SnapshotDone } else { LifecycleEvent::Fail },
+        )?;
+        saved?;
+        let manifest = SnapshotManifest {
+            format: SNAPSHOT_FORMAT,
+            snapshot_id: snapshot_id.clone(),
+            names: name.into_iter().collect(),
+            source_sandbox_id: rec.id.to_string(),
+            template_id: rec.template_id.clone(),
+            created_at: OffsetDateTime::now_utc(),
+            cpu_count: rec.cpu_count,
+            memory_mb: rec.memory_mb,
+            disk_size_mb: rec.disk_size_mb,
+            env_vars: rec.env_vars.clone(),
+            metadata: rec.metadata.clone(),
+            access_token: rec.access_token.clone(),
+            agent_sha256: self.inner.agent_sha256.clone(),
+            files: Vec::new(),
+        };
+        let store = Arc::clone(&self.inner.snapshots);
+        let published = tokio::task::spawn_blocking(move || store.publish(manifest))
+            .await
+            .map_err(|e| RuntimeError::Internal(format!("snapshot publish task: {e}")))?
+            .map_err(|source| RuntimeError::Snapshot { source })?;
+        self.inner.samples.record(SampleName::SnapshotSave, started.elapsed());
+        tracing::info!(sandbox = %rec.id, snapshot = %snapshot_id, took = ?started.elapsed(), "snapshot saved");
+        Ok(published)
+    }
+
+    async fn checkpoint_leave_running(
+        &self,
+        rec: &SandboxRecord,
+        snapshot_id: &str,
+    ) -> Result<(), RuntimeError> {
+        let engine = Arc::clone(&self.inner.engine);
+        let staged = self.inner.snapshots.staging_dir(snapshot_id);
+        let id = rec.id.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&staged);
+            std::fs::create_dir_all(&staged).map_err(|e| {
+                RuntimeError::Internal(format!("snapshot of {id}: creating {}: {e}", staged.display()))
+            })?;
+            engine.checkpoint(&id, &staged, true).map_err(|source| {
+                let _ = std::fs::remove_dir_all(&staged);
+                RuntimeError::Engine { id: id.to_string(), source }
+            })
+        })
+        .await
+        .map_err(|e| RuntimeError::Internal(format!("snapshot task: {e}")))?
+    }
+
+    /// Snapshots, newest first; optionally only those of one source sandbox or with one name.
+    pub fn list_snapshots(&self, source: Option<&str>, name: Option<&str>) -> Vec<SnapshotManifest> {
+        self.inner
+            .snapshots
+            .list()
+            .into_iter()
+            .filter(|m| source.is_none_or(|s| m.source_sandbox_id == s))
+            .filter(|m| name.is_none_or(|n| m.snapshot_id == n || m.names.iter().any(|x| x == n)))
+            .collect()
+    }
+
+    /// Deletes a snapshot by id or name.
+    pub fn delete_snapshot(&self, id: &str) -> Result<(), RuntimeError> {
+        if self.inner.snapshots.delete(id) {
+            Ok(())
+        } else {
+            Err(RuntimeError::SnapshotNotFound(id.to_owned()))
+        }
+    }
+
+    /// Forks a running sandbox into `count` independent children (each its own copy of memory,
+    /// processes and filesystem). Per-child failures are reported in place.
+    pub async fn fork(
+        &self,
+        id: &str,
+        count: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Result<SandboxRecord, RuntimeError>>, RuntimeError> {
+        if count == 0 || count > 64 {
+            return Err(RuntimeError::InvalidRequest(format!("fork count must be 1..=64, got {count}")));
+        }
+        let source = self.get_visible(id)?;
+        let snap = self.create_snapshot(id, None, None).await?;
+        let mut children = Vec::with_capacity(count);
+        for _ in 0..count {
+            let req = CreateSandbox {
+                template_id: snap.snapshot_id.clone(),
+                metadata: source.metadata.clone(),
+                timeout,
+                on_timeout: Some(source.on_timeout),
+                ..Default::default()
+            };
+            let child = self.create(req).await.map(|mut r| {
+                // Children report the source's template, as E2B does.
+                r.template_id = source.template_id.clone();
+                let _ = self.update(&r.id, |x| x.template_id = source.template_id.clone());
+                r
+            });
+            children.push(child);
+        }
+        let _ = self.delete_snapshot(&snap.snapshot_id);
+        Ok(children)
+    }
+}

@@ -1,0 +1,281 @@
+//! Snapshot artifacts: a checkpoint image directory plus a versioned `manifest.json` holding
+//! what a restore needs (resources, env, the agent token it was taken with) and an integrity
+//! record (size + SHA-256 of every file). Published atomically (temp dir, fsync, rename);
+//! verified before restore; a mismatch is moved to quarantine and never restored.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::atomic::write_json_atomic;
+use crate::config::Layout;
+
+/// Version of the snapshot manifest format.
+pub const SNAPSHOT_FORMAT: u32 = 1;
+const MANIFEST: &str = "manifest.json";
+
+/// Size and digest of one artifact file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Everything known about a snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotManifest {
+    pub format: u32,
+    pub snapshot_id: String,
+    pub names: Vec<String>,
+    pub source_sandbox_id: String,
+    pub template_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub cpu_count: u32,
+    pub memory_mb: u32,
+    pub disk_size_mb: u32,
+    pub env_vars: BTreeMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
+    /// The token the agent inside the image holds (needed to re-initialise it).
+    pub access_token: String,
+    /// Digest of the agent binary the image was taken with: a restore needs the same one.
+    pub agent_sha256: String,
+    pub files: Vec<FileDigest>,
+}
+
+/// Snapshot store failures, naming the snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot {id}: {op}: {source}")]
+    Io { id: String, op: &'static str, source: std::io::Error },
+    #[error("snapshot {id} failed its integrity check ({detail}); moved to quarantine")]
+    Integrity { id: String, detail: String },
+    #[error(
+        "snapshot {id} was taken with a different firkin-agent build; it cannot be restored by this one"
+    )]
+    AgentMismatch { id: String },
+}
+
+/// The on-disk snapshot store.
+#[derive(Debug)]
+pub struct SnapshotStore {
+    layout: Layout,
+    /// Snapshots fully hashed since this process started (re-hashing on every create is waste).
+    verified: Mutex<HashSet<String>>,
+}
+
+/// SHA-256 (hex) of a file, streamed.
+pub fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((size, h.finalize().iter().map(|b| format!("{b:02x}")).collect()))
+}
+
+impl SnapshotStore {
+    pub fn new(layout: Layout) -> SnapshotStore {
+        SnapshotStore { layout, verified: Mutex::new(HashSet::new()) }
+    }
+
+    /// A fresh snapshot id (valid as a template id).
+    pub fn new_id() -> String {
+        let id = crate::ids::SandboxId::generate();
+        format!("snap-{}", &id.as_str()[..16])
+    }
+
+    /// Temp directory to checkpoint into before [`SnapshotStore::publish`].
+    pub fn staging_dir(&self, id: &str) -> PathBuf {
+        self.layout.snapshot_images_dir().join(format!(".{id}.tmp"))
+    }
+
+    pub fn image_dir(&self, id: &str) -> PathBuf {
+        self.layout.snapshot_dir(id)
+    }
+
+    /// Hashes the staged files, writes the manifest and renames the directory into place.
+    pub fn publish(&self, mut manifest: SnapshotManifest) -> Result<SnapshotManifest, SnapshotError> {
+        let id = manifest.snapshot_id.clone();
+        let io = |op, source| SnapshotError::Io { id: id.clone(), op, source };
+        let staged = self.staging_dir(&id);
+        let mut files = Vec::new();
+        let mut entries: Vec<_> =
+            fs::read_dir(&staged).map_err(|e| io("listing staged image", e))?.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let (size, sha256) = sha256_file(&entry.path()).map_err(|e| io("hashing", e))?;
+            fs::File::open(entry.path()).and_then(|f| f.sync_all()).map_err(|e| io("fsync", e))?;
+            files.push(FileDigest { name, size, sha256 });
+        }
+        manifest.files = files;
+        write_json_atomic(&staged.join(MANIFEST), &manifest).map_err(|e| io("writing manifest", e.source))?;
+        let dest = self.image_dir(&id);
+        fs::rename(&staged, &dest).map_err(|e| io("publishing", e))?;
+        if let Ok(d) = fs::File::open(self.layout.snapshot_images_dir()) {
+            let _ = d.sync_all();
+        }
+        self.lock_verified().insert(id);
+        Ok(manifest)
+    }
+
+    fn lock_verified(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every published snapshot, newest first.
+    pub fn list(&self) -> Vec<SnapshotManifest> {
+        let mut out: Vec<SnapshotManifest> = fs::read_dir(self.layout.snapshot_images_dir())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .filter_map(|e| fs::read(e.path().join(MANIFEST)).ok())
+                    .filter_map(|b| serde_json::from_slice::<SnapshotManifest>(&b).ok())
+                    .filter(|m| m.format == SNAPSHOT_FORMAT)
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.snapshot_id.cmp(&a.snapshot_id)));
+        out
+    }
+
+    /// Finds a snapshot by id or name (the newest with that name).
+    pub fn find(&self, id_or_name: &str) -> Option<SnapshotManifest> {
+        self.list()
+            .into_iter()
+            .find(|m| m.snapshot_id == id_or_name || m.names.iter().any(|n| n == id_or_name))
+    }
+
+    /// Deletes a snapshot; false when there is none.
+    pub fn delete(&self, id_or_name: &str) -> bool {
+        let Some(m) = self.find(id_or_name) else { return false };
+        self.lock_verified().remove(&m.snapshot_id);
+        fs::remove_dir_all(self.image_dir(&m.snapshot_id)).is_ok()
+    }
+
+    /// Checks the artifact against its record: sizes always, digests once per process. A
+    /// mismatch quarantines the snapshot.
+    pub fn verify(&self, m: &SnapshotManifest, agent_sha256: &str) -> Result<(), SnapshotError> {
+        if m.agent_sha256 != agent_sha256 {
+            return Err(SnapshotError::AgentMismatch { id: m.snapshot_id.clone() });
+        }
+        let dir = self.image_dir(&m.snapshot_id);
+        let full = !self.lock_verified().contains(&m.snapshot_id);
+        for f in &m.files {
+            let path = dir.join(&f.name);
+            let problem = match fs::metadata(&path) {
+                Err(e) => Some(format!("{}: {e}", f.name)),
+                Ok(md) if md.len() != f.size => {
+                    Some(format!("{}: size {} != recorded {}", f.name, md.len(), f.size))
+                }
+                Ok(_) if full => match sha256_file(&path) {
+                    Ok((_, d)) if d == f.sha256 => None,
+                    Ok(_) => Some(format!("{}: sha256 differs from the record", f.name)),
+                    Err(e) => Some(format!("{}: {e}", f.name)),
+                },
+                Ok(_) => None,
+            };
+            if let Some(detail) = problem {
+                self.quarantine(&m.snapshot_id);
+                return Err(SnapshotError::Integrity { id: m.snapshot_id.clone(), detail });
+            }
+        }
+        if full {
+            self.lock_verified().insert(m.snapshot_id.clone());
+        }
+        Ok(())
+    }
+
+    /// Moves a snapshot out of the store into `quarantine/`.
+    pub fn quarantine(&self, id: &str) {
+        let q = self.layout.quarantine_dir();
+        let _ = fs::create_dir_all(&q);
+        let stamp = OffsetDateTime::now_utc().unix_timestamp();
+        let _ = fs::rename(self.image_dir(id), q.join(format!("{id}.{stamp}")));
+        self.lock_verified().remove(id);
+        tracing::error!(snapshot = id, "snapshot quarantined");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(tag: &str) -> (SnapshotStore, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("firkin-snap-test-{}-{tag}", std::process::id()));
+        let layout = Layout { state_dir: dir.join("state"), cache_dir: dir.join("cache") };
+        (SnapshotStore::new(layout), dir)
+    }
+
+    fn manifest(id: &str) -> SnapshotManifest {
+        SnapshotManifest {
+            format: SNAPSHOT_FORMAT,
+            snapshot_id: id.into(),
+            names: vec!["named".into()],
+            source_sandbox_id: "src".into(),
+            template_id: "base".into(),
+            created_at: OffsetDateTime::now_utc(),
+            cpu_count: 1,
+            memory_mb: 128,
+            disk_size_mb: 1,
+            env_vars: BTreeMap::new(),
+            metadata: BTreeMap::new(),
+            access_token: "t".into(),
+            agent_sha256: "agent".into(),
+            files: vec![],
+        }
+    }
+
+    #[test]
+    fn publish_find_verify_and_quarantine_on_tamper() {
+        let (s, dir) = store("a");
+        let staged = s.staging_dir("snap-1");
+        fs::create_dir_all(&staged).unwrap();
+        fs::write(staged.join("checkpoint.img"), b"image bytes").unwrap();
+        let m = s.publish(manifest("snap-1")).unwrap();
+        assert_eq!(m.files.len(), 1);
+        assert!(!staged.exists());
+        assert_eq!(s.find("named").unwrap().snapshot_id, "snap-1");
+        assert!(s.verify(&m, "agent").is_ok());
+        assert!(matches!(s.verify(&m, "other"), Err(SnapshotError::AgentMismatch { .. })));
+        // A fresh store (new process) re-hashes and catches a same-size mutation.
+        let s2 = SnapshotStore::new(s.layout.clone());
+        fs::write(s.image_dir("snap-1").join("checkpoint.img"), b"IMAGE BYTES").unwrap();
+        assert!(matches!(s2.verify(&m, "agent"), Err(SnapshotError::Integrity { .. })));
+        assert!(s2.find("snap-1").is_none(), "quarantined snapshots are gone from the store");
+        assert_eq!(fs::read_dir(s.layout.quarantine_dir()).unwrap().count(), 1);
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn truncation_is_caught_without_rehashing_and_delete_works() {
+        let (s, dir) = store("b");
+        fs::create_dir_all(s.staging_dir("snap-2")).unwrap();
+        fs::write(s.staging_dir("snap-2").join("pages.img"), vec![7u8; 4096]).unwrap();
+        let m = s.publish(manifest("snap-2")).unwrap();
+        fs::write(s.image_dir("snap-2").join("pages.img"), vec![7u8; 100]).unwrap();
+        assert!(matches!(s.verify(&m, "agent"), Err(SnapshotError::Integrity { .. })));
+        assert!(!s.delete("snap-2"), "already quarantined");
+        fs::create_dir_all(s.staging_dir("snap-3")).unwrap();
+        s.publish(manifest("snap-3")).unwrap();
+        assert!(s.delete("snap-3"));
+        assert!(s.list().is_empty());
+        let _ = fs::remove_dir_all(dir);
+    }
+}
