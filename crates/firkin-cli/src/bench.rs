@@ -30,6 +30,8 @@ pub enum Scenario {
     Create,
     /// Pause and resume one sandbox (with a running process) repeatedly.
     Pause,
+    /// Fork one sandbox into `--children` copies, repeatedly.
+    Fork,
 }
 
 #[derive(Args, Debug)]
@@ -39,6 +41,9 @@ pub struct BenchArgs {
     /// Iterations per measured series.
     #[arg(long, short = 'n', default_value_t = 100)]
     pub runs: usize,
+    /// Children per fork (fork scenario).
+    #[arg(long, default_value_t = 10)]
+    pub children: usize,
     /// Where to write the JSON report (default: bench-reports/<scenario>-<unix time>.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -176,6 +181,42 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             runtime.kill_and_wait(&id).await?;
             all.extend([base, pause, resume, first]);
         }
+        Scenario::Fork => {
+            let mut base = Series::new("baseline.raw_runsc_run_echo");
+            let mut fork = Series::new("firkin.fork");
+            let layout = Layout::from_env();
+            let rootfs = layout.rootfs_dir(BASE_ROOTFS);
+            let scratch = layout.state_dir.join("run").join("bench");
+            let rec = runtime
+                .create(CreateSandbox {
+                    template_id: "base".into(),
+                    timeout: Some(Duration::from_secs(3600)),
+                    ..Default::default()
+                })
+                .await?;
+            let id = rec.id.to_string();
+            for i in 0..args.runs {
+                match raw_runsc_echo(&args.host.runsc, &rootfs, &scratch, i).await {
+                    Ok(d) => base.secs.push(d.as_secs_f64()),
+                    Err(_) => base.failures += 1,
+                }
+                let t = Instant::now();
+                let kids = runtime.fork(&id, args.children, Some(Duration::from_secs(600))).await?;
+                let elapsed = t.elapsed();
+                if kids.iter().all(Result::is_ok) {
+                    fork.secs.push(elapsed.as_secs_f64());
+                } else {
+                    fork.failures += 1;
+                }
+                for kid in kids.into_iter().flatten() {
+                    let _ = runtime.kill(kid.id.as_str()).await;
+                }
+                runtime.drain_teardowns().await;
+                eprintln!("  {}/{} forks of {}", i + 1, args.runs, args.children);
+            }
+            runtime.kill_and_wait(&id).await?;
+            all.extend([base, fork]);
+        }
     }
     println!("firkin bench ({} runs each)", args.runs);
     for s in &all {
@@ -185,6 +226,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "format": 1,
         "scenario": format!("{:?}", args.scenario).to_lowercase(),
         "runs": args.runs,
+        "children": args.children,
         "engine": runtime.engine_description(),
         "host": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
         "series": all.iter().map(Series::summary).collect::<Vec<_>>(),

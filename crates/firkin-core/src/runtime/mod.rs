@@ -56,6 +56,9 @@ struct Inner {
     slots: Mutex<SlotAllocator>,
     /// Per-sandbox traffic epochs: bumping one ends every proxied stream to that sandbox.
     cuts: Mutex<BTreeMap<SandboxId, tokio::sync::watch::Sender<u64>>>,
+    /// Per-sandbox engine/network locks: a background teardown holds one, so a resume or kill
+    /// of the same sandbox waits for it before reusing the sandbox's namespace name.
+    engine_locks: Mutex<BTreeMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
     /// Teardowns still running in the background (awaited at shutdown).
     teardowns: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -81,6 +84,7 @@ impl Runtime {
                 table: Mutex::new(BTreeMap::new()),
                 slots: Mutex::new(SlotAllocator::new(NET_SLOTS)),
                 cuts: Mutex::new(BTreeMap::new()),
+                engine_locks: Mutex::new(BTreeMap::new()),
                 teardowns: Mutex::new(Vec::new()),
             }),
         }
@@ -132,6 +136,19 @@ impl Runtime {
         if forget {
             cuts.remove(id);
         }
+    }
+
+    /// The engine/network lock of one sandbox.
+    pub(crate) fn engine_lock(&self, id: &SandboxId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.inner.engine_locks.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(locks.entry(id.clone()).or_default())
+    }
+
+    /// Tracks a background teardown so shutdown can wait for it.
+    pub(crate) fn track_teardown(&self, handle: tokio::task::JoinHandle<()>) {
+        let mut pending = self.inner.teardowns.lock().unwrap_or_else(|e| e.into_inner());
+        pending.retain(|h| !h.is_finished());
+        pending.push(handle);
     }
 
     /// Waits for every background teardown to finish.

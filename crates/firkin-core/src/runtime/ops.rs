@@ -88,10 +88,9 @@ impl Runtime {
     pub async fn kill(&self, id: &str) -> Result<(), RuntimeError> {
         let (id, slot, reservation, started) = self.begin_kill(id)?;
         let rt = self.clone();
-        let handle = tokio::spawn(async move { rt.finish_kill(id, slot, reservation, started).await });
-        let mut pending = self.inner.teardowns.lock().unwrap_or_else(|e| e.into_inner());
-        pending.retain(|h| !h.is_finished());
-        pending.push(handle);
+        self.track_teardown(tokio::spawn(
+            async move { rt.finish_kill(id, slot, reservation, started).await },
+        ));
         Ok(())
     }
 
@@ -125,7 +124,11 @@ impl Runtime {
         reservation: Option<u64>,
         started: Instant,
     ) {
+        let lock = self.engine_lock(&id);
+        let guard = lock.lock().await;
         self.teardown(&id, slot).await;
+        drop(guard);
+        self.inner.engine_locks.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         let _ = std::fs::remove_dir_all(self.inner.config.layout.pause_image(id.as_str()));
         if let Some(r) = reservation {
             if let Err(e) = self.inner.admission.release(r) {

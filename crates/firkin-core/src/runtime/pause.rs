@@ -45,7 +45,15 @@ impl Runtime {
             }
         }
         // The engine sandbox has stopped; free what a stopped sandbox does not need.
-        self.teardown(&rec.id, rec.net_slot).await;
+        // `runsc delete` takes about a second: finish it in the background, holding the
+        // sandbox's engine lock so a resume waits for it.
+        let guard = self.engine_lock(&rec.id).lock_owned().await;
+        let rt = self.clone();
+        let (tid, slot) = (rec.id.clone(), rec.net_slot);
+        self.track_teardown(tokio::spawn(async move {
+            rt.teardown(&tid, slot).await;
+            drop(guard);
+        }));
         let want = Resources::new(rec.cpu_count, rec.memory_mb, rec.disk_size_mb);
         if let Some(r) = rec.reservation {
             if let Err(e) = self.inner.admission.reclassify(r, Class::Paused, want) {
@@ -144,6 +152,8 @@ impl Runtime {
                 source: crate::network::NetworkError::Exhausted(super::NET_SLOTS),
             });
         };
+        // The pause's engine teardown may still be running.
+        drop(self.engine_lock(&id).lock().await);
         let rootfs = self.inner.config.layout.rootfs_dir(BASE_ROOTFS);
         let restored = self
             .boot_and_init(
