@@ -75,3 +75,27 @@ def test_kill_a_paused_sandbox():
     with pytest.raises(NotFoundException):
         Sandbox.get_info(sbx.sandbox_id)
     assert Sandbox.kill(sbx.sandbox_id) is False
+
+
+@pytest.mark.skipif("FIRKIN_STATE_DIR" not in __import__("os").environ, reason="needs the server's state dir on this host")
+def test_corrupted_pause_image_is_refused_and_quarantined():
+    import os
+
+    from e2b.exceptions import SandboxException
+
+    state = os.environ["FIRKIN_STATE_DIR"]
+    sbx = Sandbox.create(timeout=60)
+    assert sbx.pause() is True
+    image = os.path.join(state, "snapshots", "paused", sbx.sandbox_id)
+    with open(os.path.join(image, "pages.img"), "r+b") as f:
+        f.seek(0)
+        first = f.read(1)
+        f.seek(0)
+        f.write(bytes([first[0] ^ 0xFF]))  # same size, different content
+    with pytest.raises(SandboxException) as e:
+        Sandbox.connect(sbx.sandbox_id)
+    assert "integrity" in str(e.value)
+    assert not os.path.exists(image)
+    assert any(q.startswith(f"paused-{sbx.sandbox_id}") for q in os.listdir(os.path.join(state, "quarantine")))
+    with pytest.raises(NotFoundException):
+        Sandbox.get_info(sbx.sandbox_id)

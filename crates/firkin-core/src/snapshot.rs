@@ -89,6 +89,43 @@ pub fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
     Ok((size, h.finalize().iter().map(|b| format!("{b:02x}")).collect()))
 }
 
+/// Size and SHA-256 of every file in `dir` (sorted by name, `skip` left out), fsyncing each.
+pub fn digest_dir(dir: &Path, skip: &[&str]) -> std::io::Result<Vec<FileDigest>> {
+    let mut entries: Vec<_> = fs::read_dir(dir)?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    let mut files = Vec::new();
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if skip.contains(&name.as_str()) {
+            continue;
+        }
+        let (size, sha256) = sha256_file(&entry.path())?;
+        fs::File::open(entry.path())?.sync_all()?;
+        files.push(FileDigest { name, size, sha256 });
+    }
+    Ok(files)
+}
+
+/// Checks `dir` against `files`: sizes always, contents too when `full`. Says what differs.
+pub fn check_dir(dir: &Path, files: &[FileDigest], full: bool) -> Result<(), String> {
+    for f in files {
+        let path = dir.join(&f.name);
+        match fs::metadata(&path) {
+            Err(e) => return Err(format!("{}: {e}", f.name)),
+            Ok(md) if md.len() != f.size => {
+                return Err(format!("{}: size {} != recorded {}", f.name, md.len(), f.size))
+            }
+            Ok(_) if full => match sha256_file(&path) {
+                Ok((_, d)) if d == f.sha256 => {}
+                Ok(_) => return Err(format!("{}: sha256 differs from the record", f.name)),
+                Err(e) => return Err(format!("{}: {e}", f.name)),
+            },
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
 impl SnapshotStore {
     pub fn new(layout: Layout) -> SnapshotStore {
         SnapshotStore { layout, verified: Mutex::new(HashSet::new()) }
@@ -114,17 +151,7 @@ impl SnapshotStore {
         let id = manifest.snapshot_id.clone();
         let io = |op, source| SnapshotError::Io { id: id.clone(), op, source };
         let staged = self.staging_dir(&id);
-        let mut files = Vec::new();
-        let mut entries: Vec<_> =
-            fs::read_dir(&staged).map_err(|e| io("listing staged image", e))?.flatten().collect();
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let (size, sha256) = sha256_file(&entry.path()).map_err(|e| io("hashing", e))?;
-            fs::File::open(entry.path()).and_then(|f| f.sync_all()).map_err(|e| io("fsync", e))?;
-            files.push(FileDigest { name, size, sha256 });
-        }
-        manifest.files = files;
+        manifest.files = digest_dir(&staged, &[MANIFEST]).map_err(|e| io("hashing staged image", e))?;
         write_json_atomic(&staged.join(MANIFEST), &manifest).map_err(|e| io("writing manifest", e.source))?;
         let dest = self.image_dir(&id);
         fs::rename(&staged, &dest).map_err(|e| io("publishing", e))?;
@@ -177,24 +204,9 @@ impl SnapshotStore {
         }
         let dir = self.image_dir(&m.snapshot_id);
         let full = !self.lock_verified().contains(&m.snapshot_id);
-        for f in &m.files {
-            let path = dir.join(&f.name);
-            let problem = match fs::metadata(&path) {
-                Err(e) => Some(format!("{}: {e}", f.name)),
-                Ok(md) if md.len() != f.size => {
-                    Some(format!("{}: size {} != recorded {}", f.name, md.len(), f.size))
-                }
-                Ok(_) if full => match sha256_file(&path) {
-                    Ok((_, d)) if d == f.sha256 => None,
-                    Ok(_) => Some(format!("{}: sha256 differs from the record", f.name)),
-                    Err(e) => Some(format!("{}: {e}", f.name)),
-                },
-                Ok(_) => None,
-            };
-            if let Some(detail) = problem {
-                self.quarantine(&m.snapshot_id);
-                return Err(SnapshotError::Integrity { id: m.snapshot_id.clone(), detail });
-            }
+        if let Err(detail) = check_dir(&dir, &m.files, full) {
+            self.quarantine(&m.snapshot_id);
+            return Err(SnapshotError::Integrity { id: m.snapshot_id.clone(), detail });
         }
         if full {
             self.lock_verified().insert(m.snapshot_id.clone());

@@ -8,12 +8,16 @@ use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
+use serde::{Deserialize, Serialize};
+
 use super::{Runtime, RuntimeError};
 use crate::admission::{Class, Resources};
+use crate::atomic::write_json_atomic;
 use crate::ids::SandboxId;
 use crate::lifecycle::{LifecycleEvent, SandboxState};
 use crate::record::SandboxRecord;
 use crate::samples::SampleName;
+use crate::snapshot::{check_dir, digest_dir, FileDigest};
 use crate::template::BASE_ROOTFS;
 
 /// Longest a pause waits for client connections into the sandbox to close.
@@ -23,7 +27,35 @@ const QUIET_TIMEOUT: Duration = Duration::from_secs(3);
 /// (runsc 2024-07-29); with a short settle time 30+ consecutive cycles pass.
 const SETTLE: Duration = Duration::from_millis(250);
 
+/// Version of the pause image record format.
+const PAUSE_IMAGE_FORMAT: u32 = 1;
+/// Name of the record written beside a pause image.
+const IMAGE_RECORD: &str = "image.json";
+
+/// What a pause image must match to be restored.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PauseImageRecord {
+    format: u32,
+    agent_sha256: String,
+    files: Vec<FileDigest>,
+}
+
 impl Runtime {
+    /// Checks a pause image against its record (all digests: an image is restored once).
+    fn check_pause_image(&self, image: &std::path::Path) -> Result<(), String> {
+        let bytes = std::fs::read(image.join(IMAGE_RECORD)).map_err(|e| format!("{IMAGE_RECORD}: {e}"))?;
+        let rec: PauseImageRecord =
+            serde_json::from_slice(&bytes).map_err(|e| format!("{IMAGE_RECORD}: {e}"))?;
+        if rec.format != PAUSE_IMAGE_FORMAT {
+            return Err(format!("unknown image record format {}", rec.format));
+        }
+        if rec.agent_sha256 != self.inner.agent_sha256 {
+            return Err("taken with a different firkin-agent build".into());
+        }
+        check_dir(image, &rec.files, true)
+    }
+
     /// Pauses a running sandbox. A paused (or pausing) one is [`RuntimeError::AlreadyPaused`].
     pub async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
         let rec = self.get_visible(id)?;
@@ -93,6 +125,7 @@ impl Runtime {
         let engine = Arc::clone(&self.inner.engine);
         let image = self.inner.config.layout.pause_image(id.as_str());
         let cid = id.clone();
+        let agent_sha256 = self.inner.agent_sha256.clone();
         tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
             let io = |what: &str, e: std::io::Error| {
                 RuntimeError::Internal(format!("pause of {cid}: {what}: {e}"))
@@ -106,11 +139,10 @@ impl Runtime {
                 let _ = std::fs::remove_dir_all(&tmp);
                 return Err(RuntimeError::Engine { id: cid.to_string(), source });
             }
-            for entry in std::fs::read_dir(&tmp).map_err(|e| io("listing image", e))?.flatten() {
-                if let Ok(f) = std::fs::File::open(entry.path()) {
-                    let _ = f.sync_all();
-                }
-            }
+            let files = digest_dir(&tmp, &[IMAGE_RECORD]).map_err(|e| io("hashing image", e))?;
+            let record = PauseImageRecord { format: PAUSE_IMAGE_FORMAT, agent_sha256, files };
+            write_json_atomic(&tmp.join(IMAGE_RECORD), &record)
+                .map_err(|e| io("writing image record", e.source))?;
             let _ = std::fs::remove_dir_all(&image);
             std::fs::rename(&tmp, &image).map_err(|e| io("publishing image", e))?;
             if let Ok(d) = std::fs::File::open(&parent) {
@@ -130,8 +162,20 @@ impl Runtime {
     ) -> Result<SandboxRecord, RuntimeError> {
         let id = rec.id.clone();
         let image = self.inner.config.layout.pause_image(id.as_str());
-        if !image.join("checkpoint.img").exists() {
-            return Err(RuntimeError::Internal(format!("paused sandbox {id} has no checkpoint image")));
+        if let Err(detail) = self.check_pause_image(&image) {
+            // The sandbox cannot come back: quarantine the image and remove the sandbox.
+            let q = self.inner.config.layout.quarantine_dir();
+            let _ = std::fs::create_dir_all(&q);
+            let stamp = OffsetDateTime::now_utc().unix_timestamp();
+            let _ = std::fs::rename(&image, q.join(format!("paused-{id}.{stamp}")));
+            tracing::error!(sandbox = %id, %detail, "pause image failed its integrity check; quarantined");
+            let _ = self.kill(id.as_str()).await;
+            return Err(RuntimeError::Snapshot {
+                source: crate::snapshot::SnapshotError::Integrity {
+                    id: format!("paused sandbox {id}"),
+                    detail,
+                },
+            });
         }
         self.transition(&id, LifecycleEvent::BeginResume)?;
         let started = Instant::now();
