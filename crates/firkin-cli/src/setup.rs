@@ -42,12 +42,14 @@ impl HostArgs {
         Ok(std::fs::canonicalize(&path)?)
     }
 
-    /// Builds the runtime on the real engine and network.
+    /// Builds the runtime on the real engine and network. Call from within a tokio runtime.
     pub fn runtime(&self) -> anyhow::Result<Runtime> {
         let layout = Layout::from_env();
         let mut config = RuntimeConfig::new(layout.clone(), self.agent_path()?);
         config.runsc_path = self.runsc.clone();
         let engine = Arc::new(RunscEngine::new(self.runsc.clone(), layout.runsc_root()));
+        // runsc leaves its sandbox processes orphaned; reap them promptly (fast `runsc delete`).
+        firkin_core::engine::reaper::adopt_runsc_orphans();
         let network = Arc::new(NetnsNetwork::new(self.subnet_base, &layout.state_dir));
         Ok(Runtime::new(config, engine, network))
     }

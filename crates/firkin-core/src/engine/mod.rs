@@ -4,6 +4,7 @@
 
 pub mod fake;
 pub mod oci;
+pub mod reaper;
 pub mod runsc;
 
 use std::path::{Path, PathBuf};

@@ -196,19 +196,20 @@ impl Runtime {
         Ok(t)
     }
 
-    /// Attaches the network and boots (or, with `image`, restores) the sandbox, then waits for
-    /// its agent and initialises it. Returns the network slot's sandbox address.
-    pub(super) async fn boot_and_init(&self, id: &SandboxId, plan: BootPlan) -> Result<(), RuntimeError> {
-        let BootPlan { rootfs, slot, cpu, mem, image, restored_token } = plan;
+    /// Attaches the network and boots (or restores) the engine sandbox; does not wait for it.
+    pub(super) async fn start_engine(
+        &self,
+        id: &SandboxId,
+        plan: BootPlan,
+    ) -> Result<crate::network::NetAttachment, RuntimeError> {
+        let BootPlan { rootfs, slot, cpu, mem, image, .. } = plan;
         let cfg = &self.inner.config;
         let network = Arc::clone(&self.inner.network);
         let engine = Arc::clone(&self.inner.engine);
         let run_dir = cfg.layout.sandbox_run_dir(id.as_str());
         let agent_path = cfg.agent_path.clone();
         let boot_id = id.clone();
-        let t_boot = Instant::now();
-        let image_for_boot = image.clone();
-        let attach = tokio::task::spawn_blocking(move || -> Result<_, RuntimeError> {
+        tokio::task::spawn_blocking(move || -> Result<_, RuntimeError> {
             let att = network
                 .attach(&boot_id, slot)
                 .map_err(|source| RuntimeError::Network { id: boot_id.to_string(), source })?;
@@ -221,7 +222,7 @@ impl Runtime {
                 cpu_count: cpu,
                 memory_mb: mem,
             };
-            match &image_for_boot {
+            match &image {
                 None => engine.boot(&spec),
                 Some(img) => engine.restore(&spec, img),
             }
@@ -229,7 +230,17 @@ impl Runtime {
             Ok(att)
         })
         .await
-        .map_err(|e| RuntimeError::Internal(format!("boot task: {e}")))??;
+        .map_err(|e| RuntimeError::Internal(format!("boot task: {e}")))?
+    }
+
+    /// Attaches the network and boots (or, with `image`, restores) the sandbox, then waits for
+    /// its agent and initialises it. Returns the network slot's sandbox address.
+    pub(super) async fn boot_and_init(&self, id: &SandboxId, plan: BootPlan) -> Result<(), RuntimeError> {
+        let cfg = &self.inner.config;
+        let t_boot = Instant::now();
+        let restored = plan.image.is_some();
+        let restored_token = plan.restored_token.clone();
+        let attach = self.start_engine(id, plan).await?;
         let ip = attach.sandbox_ip;
         self.update(id, |r| r.agent_ip = ip);
         self.persist(id)?;
@@ -246,7 +257,7 @@ impl Runtime {
         // A restored agent already holds a token (its own, or its snapshot source's) and must
         // be shown it before it accepts this sandbox's.
         self.init_agent(id, restored_token.as_deref()).await?;
-        let sample = if image.is_some() { SampleName::WarmSnapshotRestore } else { SampleName::ColdBoot };
+        let sample = if restored { SampleName::WarmSnapshotRestore } else { SampleName::ColdBoot };
         self.inner.samples.record(sample, t_boot.elapsed());
         Ok(())
     }

@@ -20,6 +20,10 @@ use crate::samples::SampleName;
 use crate::snapshot::{check_dir, digest_dir, FileDigest};
 use crate::template::BASE_ROOTFS;
 
+/// How many checkpoints a pause takes before giving up (see `checkpoint_verified`).
+const CHECKPOINT_ATTEMPTS: u32 = 3;
+/// How long a verification restore has to answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a pause waits for client connections into the sandbox to close.
 const QUIET_TIMEOUT: Duration = Duration::from_secs(3);
 /// Extra time after the last connection closed before the checkpoint. Checkpointing the agent
@@ -68,15 +72,12 @@ impl Runtime {
         // a moment to see them close, so no client connection is open inside the checkpoint.
         self.cut_traffic(&rec.id, false);
         self.wait_for_quiet(&rec).await;
-        match self.checkpoint_to_pause_image(&rec.id).await {
-            Ok(()) => {}
-            Err(e) => {
-                tracing::warn!(sandbox = %rec.id, error = %e, "pause failed; sandbox keeps running");
-                let _ = self.transition(&rec.id, LifecycleEvent::Fail);
-                return Err(e);
-            }
+        if let Err(e) = self.checkpoint_verified(&rec).await {
+            tracing::warn!(sandbox = %rec.id, error = %e, "pause failed; sandbox keeps running");
+            let _ = self.transition(&rec.id, LifecycleEvent::Fail);
+            return Err(e);
         }
-        // The engine sandbox has stopped; free what a stopped sandbox does not need.
+        // The image is published; stop the engine sandbox and free what a paused one does not need.
         // `runsc delete` takes about a second: finish it in the background, holding the
         // sandbox's engine lock so a resume waits for it.
         let guard = self.engine_lock(&rec.id).lock_owned().await;
@@ -120,33 +121,100 @@ impl Runtime {
         }
     }
 
-    /// Checkpoints into a temporary directory, then renames it into place.
-    async fn checkpoint_to_pause_image(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+    /// Checkpoints the sandbox (which keeps running) into a staging directory, proves the image
+    /// restorable by restoring it once into a throwaway sandbox, and publishes it. An image
+    /// whose restored agent does not answer is retaken (the source is still running).
+    ///
+    /// Why: in about 1-2 % of pause cycles under SDK traffic, an image restores into an agent
+    /// that never answers, and restoring it again fails the same way; publishing it would lose
+    /// the sandbox. The cause is not understood yet (see docs/design.md); once a sandbox is in
+    /// that state, retaken checkpoints fail too, and the pause fails with the sandbox running.
+    async fn checkpoint_verified(&self, rec: &SandboxRecord) -> Result<(), RuntimeError> {
+        let image = self.inner.config.layout.pause_image(rec.id.as_str());
+        let parent = image.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+        let tmp = parent.join(format!(".{}.tmp", rec.id));
+        for attempt in 1..=CHECKPOINT_ATTEMPTS {
+            self.checkpoint_staged(&rec.id, &tmp).await?;
+            if self.probe_image(rec, &tmp).await {
+                return self.publish_pause_image(&rec.id, &tmp, &image).await;
+            }
+            tracing::warn!(sandbox = %rec.id, attempt, "checkpoint did not restore to a live agent; retaking it");
+            let _ = std::fs::remove_dir_all(&tmp);
+            tokio::time::sleep(SETTLE).await;
+        }
+        Err(RuntimeError::Internal(format!(
+            "pause of {}: no restorable checkpoint after {CHECKPOINT_ATTEMPTS} attempts; the sandbox keeps running",
+            rec.id
+        )))
+    }
+
+    async fn checkpoint_staged(&self, id: &SandboxId, tmp: &std::path::Path) -> Result<(), RuntimeError> {
         let engine = Arc::clone(&self.inner.engine);
-        let image = self.inner.config.layout.pause_image(id.as_str());
-        let cid = id.clone();
+        let (cid, tmp) = (id.clone(), tmp.to_path_buf());
+        tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(&tmp).map_err(|e| {
+                RuntimeError::Internal(format!("pause of {cid}: creating {}: {e}", tmp.display()))
+            })?;
+            engine.checkpoint(&cid, &tmp, true).map_err(|source| {
+                let _ = std::fs::remove_dir_all(&tmp);
+                RuntimeError::Engine { id: cid.to_string(), source }
+            })
+        })
+        .await
+        .map_err(|e| RuntimeError::Internal(format!("pause task: {e}")))?
+    }
+
+    /// Restores `image` into a throwaway sandbox and checks that its agent answers.
+    async fn probe_image(&self, rec: &SandboxRecord, image: &std::path::Path) -> bool {
+        let probe = SandboxId::generate();
+        let Some(slot) = self.slots().take() else {
+            tracing::warn!(sandbox = %rec.id, "no free network slot to verify the checkpoint; trusting it");
+            return true;
+        };
+        let plan = super::create::BootPlan {
+            rootfs: self.inner.config.layout.rootfs_dir(BASE_ROOTFS),
+            slot,
+            cpu: rec.cpu_count,
+            mem: rec.memory_mb,
+            image: Some(image.to_path_buf()),
+            restored_token: None,
+        };
+        let ok = match self.start_engine(&probe, plan).await {
+            Ok(att) => self.inner.agent.wait_ready(att.sandbox_ip, PROBE_TIMEOUT).await.is_ok(),
+            Err(e) => {
+                tracing::warn!(sandbox = %rec.id, error = %e, "checkpoint probe did not start");
+                false
+            }
+        };
+        let rt = self.clone();
+        self.track_teardown(tokio::spawn(async move { rt.teardown(&probe, Some(slot)).await }));
+        ok
+    }
+
+    /// Writes the integrity record into the staged image and renames it into place.
+    async fn publish_pause_image(
+        &self,
+        id: &SandboxId,
+        tmp: &std::path::Path,
+        image: &std::path::Path,
+    ) -> Result<(), RuntimeError> {
         let agent_sha256 = self.inner.agent_sha256.clone();
+        let (cid, tmp, image) = (id.clone(), tmp.to_path_buf(), image.to_path_buf());
         tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
             let io = |what: &str, e: std::io::Error| {
                 RuntimeError::Internal(format!("pause of {cid}: {what}: {e}"))
             };
-            let parent = image.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
-            std::fs::create_dir_all(&parent).map_err(|e| io("creating snapshot dir", e))?;
-            let tmp = parent.join(format!(".{cid}.tmp"));
-            let _ = std::fs::remove_dir_all(&tmp);
-            std::fs::create_dir_all(&tmp).map_err(|e| io("creating temp image dir", e))?;
-            if let Err(source) = engine.checkpoint(&cid, &tmp, false) {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(RuntimeError::Engine { id: cid.to_string(), source });
-            }
             let files = digest_dir(&tmp, &[IMAGE_RECORD]).map_err(|e| io("hashing image", e))?;
             let record = PauseImageRecord { format: PAUSE_IMAGE_FORMAT, agent_sha256, files };
             write_json_atomic(&tmp.join(IMAGE_RECORD), &record)
                 .map_err(|e| io("writing image record", e.source))?;
             let _ = std::fs::remove_dir_all(&image);
             std::fs::rename(&tmp, &image).map_err(|e| io("publishing image", e))?;
-            if let Ok(d) = std::fs::File::open(&parent) {
-                let _ = d.sync_all();
+            if let Some(parent) = image.parent() {
+                if let Ok(d) = std::fs::File::open(parent) {
+                    let _ = d.sync_all();
+                }
             }
             Ok(())
         })

@@ -141,7 +141,8 @@ async fn pause_frees_the_slot_and_connect_resumes() {
     assert_eq!(paused.state, crate::lifecycle::SandboxState::Paused);
     assert_eq!(paused.net_slot, None);
     assert!(rt.route(&id).is_none(), "no traffic to a paused sandbox");
-    assert!(engine.list().unwrap().is_empty(), "the engine sandbox is stopped");
+    rt.drain_teardowns().await;
+    assert!(engine.list().unwrap().is_empty(), "the engine sandbox and the verification probe are stopped");
     assert!(rt.config().layout.pause_image(&id).join("checkpoint.img").exists());
     let used = rt.admission_stats().used;
     assert_eq!((used.milli_cpu, used.memory_mb), (0, 0), "a paused sandbox holds disk only");
