@@ -48,7 +48,7 @@ start_server() {
   target/release/firkin serve --listen "127.0.0.1:$PORT" --api-key "$API_KEY" >>"$LOG" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 150); do
-    if curl -fsS -o /dev/null -H "X-API-KEY: $API_KEY" "http://127.0.0.1:$PORT/v2/sandboxes"; then return 0; fi
+    if curl -fsS -o /dev/null -H "X-API-KEY: $API_KEY" "http://127.0.0.1:$PORT/v2/sandboxes" 2>/dev/null; then return 0; fi
     kill -0 "$SERVER_PID" 2>/dev/null || { echo "server exited early"; return 1; }
     sleep 0.2
   done
