@@ -98,20 +98,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.scenario {
         Scenario::Create => {
             // Interleave the baseline and the measured path so drift hits both equally.
-            let mut base = Series::new("baseline.raw_runsc_run_echo");
+            let mut base = Baseline::new(&args.host.runsc);
             let mut create = Series::new("firkin.create_to_first_stdout");
             let mut kill = Series::new("firkin.kill");
-            let layout = Layout::from_env();
-            let rootfs = layout.rootfs_dir(BASE_ROOTFS);
-            let scratch = layout.state_dir.join("run").join("bench");
             for i in 0..args.runs {
-                match raw_runsc_echo(&args.host.runsc, &rootfs, &scratch, i).await {
-                    Ok(d) => base.secs.push(d.as_secs_f64()),
-                    Err(e) => {
-                        base.failures += 1;
-                        tracing::warn!(error = %e, "baseline run failed");
-                    }
-                }
+                base.sample(i).await;
                 match create_to_first_stdout(&runtime).await {
                     Ok((d, id, kd)) => {
                         create.secs.push(d.as_secs_f64());
@@ -127,30 +118,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     eprintln!("  {}/{} iterations", i + 1, args.runs);
                 }
             }
-            all.extend([base, create, kill]);
+            all.extend([base.series, create, kill]);
         }
         Scenario::Pause => {
-            let mut base = Series::new("baseline.raw_runsc_run_echo");
+            let mut base = Baseline::new(&args.host.runsc);
             let mut pause = Series::new("firkin.pause");
             let mut resume = Series::new("firkin.resume");
             let mut first = Series::new("firkin.resume_to_first_stdout");
-            let layout = Layout::from_env();
-            let rootfs = layout.rootfs_dir(BASE_ROOTFS);
-            let scratch = layout.state_dir.join("run").join("bench");
-            let rec = runtime
-                .create(CreateSandbox {
-                    template_id: "base".into(),
-                    timeout: Some(Duration::from_secs(3600)),
-                    ..Default::default()
-                })
-                .await?;
+            let rec = long_lived_sandbox(&runtime).await?;
             let id = rec.id.to_string();
             first_stdout(rec.agent_ip, &rec.access_token, "nohup sleep 100000 >/dev/null 2>&1 &").await?;
             for i in 0..args.runs {
-                match raw_runsc_echo(&args.host.runsc, &rootfs, &scratch, i).await {
-                    Ok(d) => base.secs.push(d.as_secs_f64()),
-                    Err(_) => base.failures += 1,
-                }
+                base.sample(i).await;
                 let t = Instant::now();
                 if let Err(e) = runtime.pause(&id).await {
                     pause.failures += 1;
@@ -179,27 +158,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 }
             }
             runtime.kill_and_wait(&id).await?;
-            all.extend([base, pause, resume, first]);
+            all.extend([base.series, pause, resume, first]);
         }
         Scenario::Fork => {
-            let mut base = Series::new("baseline.raw_runsc_run_echo");
+            let mut base = Baseline::new(&args.host.runsc);
             let mut fork = Series::new("firkin.fork");
-            let layout = Layout::from_env();
-            let rootfs = layout.rootfs_dir(BASE_ROOTFS);
-            let scratch = layout.state_dir.join("run").join("bench");
-            let rec = runtime
-                .create(CreateSandbox {
-                    template_id: "base".into(),
-                    timeout: Some(Duration::from_secs(3600)),
-                    ..Default::default()
-                })
-                .await?;
+            let rec = long_lived_sandbox(&runtime).await?;
             let id = rec.id.to_string();
             for i in 0..args.runs {
-                match raw_runsc_echo(&args.host.runsc, &rootfs, &scratch, i).await {
-                    Ok(d) => base.secs.push(d.as_secs_f64()),
-                    Err(_) => base.failures += 1,
-                }
+                base.sample(i).await;
                 let t = Instant::now();
                 let kids = runtime.fork(&id, args.children, Some(Duration::from_secs(600))).await?;
                 let elapsed = t.elapsed();
@@ -215,7 +182,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 eprintln!("  {}/{} forks of {}", i + 1, args.runs, args.children);
             }
             runtime.kill_and_wait(&id).await?;
-            all.extend([base, fork]);
+            all.extend([base.series, fork]);
         }
     }
     println!("firkin bench ({} runs each)", args.runs);
@@ -245,6 +212,46 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     firkin_core::atomic::write_json_atomic(&out, &report)?;
     println!("report: {}", out.display());
     Ok(())
+}
+
+/// The in-run engine floor: raw `runsc run` of the base rootfs printing `echo`.
+struct Baseline {
+    runsc: PathBuf,
+    rootfs: PathBuf,
+    scratch: PathBuf,
+    series: Series,
+}
+
+impl Baseline {
+    fn new(runsc: &std::path::Path) -> Baseline {
+        let layout = Layout::from_env();
+        Baseline {
+            runsc: runsc.to_owned(),
+            rootfs: layout.rootfs_dir(BASE_ROOTFS),
+            scratch: layout.state_dir.join("run").join("bench"),
+            series: Series::new("baseline.raw_runsc_run_echo"),
+        }
+    }
+
+    async fn sample(&mut self, i: usize) {
+        match raw_runsc_echo(&self.runsc, &self.rootfs, &self.scratch, i).await {
+            Ok(d) => self.series.secs.push(d.as_secs_f64()),
+            Err(e) => {
+                self.series.failures += 1;
+                tracing::warn!(error = %e, "baseline run failed");
+            }
+        }
+    }
+}
+
+/// A base sandbox that lives for the whole bench.
+async fn long_lived_sandbox(rt: &Runtime) -> anyhow::Result<firkin_core::record::SandboxRecord> {
+    let req = CreateSandbox {
+        template_id: "base".into(),
+        timeout: Some(Duration::from_secs(3600)),
+        ..Default::default()
+    };
+    Ok(rt.create(req).await?)
 }
 
 /// Creates a sandbox, runs `echo` through the agent, returns (create → first stdout, id, kill time).
