@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
 # Installs everything firkin and its test suite need, idempotently:
-#   - Debian packages: runsc (bookworm-backports), mmdebstrap, iproute2, curl, …
+#   - Debian packages: runsc (bookworm-backports), mmdebstrap, iproute2, iptables, curl, …
 #   - the default base template rootfs, built once into $FIRKIN_CACHE_DIR/rootfs/base-v1
 #   - a Python venv with the pinned E2B SDKs for the SDK-compatibility tests
-# Fast when everything is already present. Must run as root.
+# Fast (well under a second) when everything is already present: each step checks first.
+# Must run as root. Safe to run concurrently (the rootfs and venv steps take a lock) and safe to
+# interrupt: a half-built rootfs never appears under its final name.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 CACHE_DIR="${FIRKIN_CACHE_DIR:-$HOME/.firkin/cache}"
+# Bump the name (base-v2, …) whenever the rootfs contents change, together with BASE_ROOTFS in
+# crates/firkin-core/src/template.rs: an existing cache is never rebuilt in place.
 ROOTFS_NAME="base-v1"
-ROOTFS="$CACHE_DIR/rootfs/$ROOTFS_NAME"
+ROOTFS_DIR="$CACHE_DIR/rootfs"
+ROOTFS="$ROOTFS_DIR/$ROOTFS_NAME"
+ROOTFS_MANIFEST=".firkin-rootfs.json" # inside the rootfs; written last, so it marks a complete build
+ROOTFS_PACKAGES="bash,coreutils,procps,python3,git,ca-certificates,curl,sudo,iproute2,less,findutils,grep,sed,tar,gzip"
+DEBIAN_MIRROR="http://deb.debian.org/debian"
 VENV="${FIRKIN_VENV:-$REPO/.venv}"
 E2B_VERSION="2.63.0"
 E2B_CI_VERSION="2.11.5"
-ROOTFS_PACKAGES="bash,coreutils,procps,python3,git,ca-certificates,curl,sudo,iproute2,less,findutils,grep,sed,tar,gzip"
+PY_PINS=("e2b==$E2B_VERSION" "e2b-code-interpreter==$E2B_CI_VERSION" "pytest==9.2.0" "pytest-timeout==2.4.0" "httpx==0.28.1")
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -26,13 +35,17 @@ fi
 runsc_ok() {
   command -v runsc >/dev/null 2>&1 || return 1
   # Debian's backports build is 0.0~2024MMDD; plain bookworm's 2022 build is too old.
-  local v; v="$(runsc --version 2>/dev/null | sed -n 's/^runsc version 0.0~\([0-9]\{8\}\).*/\1/p')"
+  local v
+  v="$(runsc --version 2>/dev/null | sed -n 's/^runsc version 0.0~\([0-9]\{8\}\).*/\1/p')"
   [ -n "$v" ] && [ "$v" -ge 20240101 ]
 }
 need_pkgs=()
-for cmd_pkg in mmdebstrap:mmdebstrap ip:iproute2 curl:curl unshare:util-linux; do
+# command:package. unshare/flock come from util-linux, ps/pgrep from procps, fuser from psmisc.
+for cmd_pkg in mmdebstrap:mmdebstrap ip:iproute2 iptables:iptables curl:curl unshare:util-linux \
+  flock:util-linux ps:procps pgrep:procps fuser:psmisc timeout:coreutils; do
   command -v "${cmd_pkg%%:*}" >/dev/null 2>&1 || need_pkgs+=("${cmd_pkg##*:}")
 done
+[ -e /etc/ssl/certs/ca-certificates.crt ] || need_pkgs+=(ca-certificates)
 [ -e /usr/share/keyrings/debian-archive-keyring.gpg ] || need_pkgs+=(debian-archive-keyring)
 if ! runsc_ok || [ "${#need_pkgs[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
@@ -40,7 +53,7 @@ if ! runsc_ok || [ "${#need_pkgs[@]}" -gt 0 ]; then
     src=/etc/apt/sources.list.d/bookworm-backports.sources
     if [ ! -e "$src" ] && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
       log "adding bookworm-backports (runsc)"
-      cat > "$src" <<'SRC'
+      cat >"$src" <<'SRC'
 Types: deb
 URIs: http://deb.debian.org/debian
 Suites: bookworm-backports
@@ -52,6 +65,7 @@ SRC
   log "apt-get update"
   apt-get update -qq
   if [ "${#need_pkgs[@]}" -gt 0 ]; then
+    mapfile -t need_pkgs < <(printf '%s\n' "${need_pkgs[@]}" | sort -u)
     log "installing ${need_pkgs[*]}"
     apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
   fi
@@ -60,45 +74,115 @@ SRC
     apt-get install -y -qq --no-install-recommends -t bookworm-backports runsc >/dev/null
   fi
 fi
-runsc_ok || { echo "runsc from bookworm-backports is required; install failed" >&2; exit 1; }
+runsc_ok || {
+  echo "runsc from bookworm-backports (2024 or newer) is required; install failed" >&2
+  exit 1
+}
 
 # --- Base template rootfs (built once, atomically) -----------------------------------------
-mkdir -p "$CACHE_DIR/rootfs"
-# Remove temp dirs of interrupted earlier builds.
-find "$CACHE_DIR/rootfs" -maxdepth 1 -name ".${ROOTFS_NAME}.tmp-*" -exec rm -rf {} + 2>/dev/null || true
-if [ ! -e "$ROOTFS/bin/bash" ]; then
+mounts_under() { awk -v d="$1/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo; }
+# Removes a directory tree left by an interrupted build. mmdebstrap mounts /proc, /sys and /dev
+# inside its target while it runs; a run killed hard can leave them mounted, and a plain rm -rf
+# would then descend into the host's /dev. Unmount first, deepest first, and never cross a mount.
+remove_tree() {
+  local dir="$1" m
+  while read -r m; do umount -l "$m" 2>/dev/null || true; done < <(mounts_under "$dir" | sort -r)
+  if [ -n "$(mounts_under "$dir")" ]; then
+    echo "refusing to remove $dir: something is still mounted under it" >&2
+    return 1
+  fi
+  rm -rf --one-file-system "$dir"
+}
+
+build_rootfs() {
+  # Under the lock: nobody else is building, so any temp dir left is from an interrupted run.
+  local stale
+  for stale in "$ROOTFS_DIR"/."${ROOTFS_NAME}".*; do
+    [ -e "$stale" ] || continue
+    log "removing $stale (left by an interrupted build)"
+    remove_tree "$stale"
+  done
+  [ -e "$ROOTFS/$ROOTFS_MANIFEST" ] && return 0 # built by a concurrent run while we waited
+  if [ -e "$ROOTFS" ]; then
+    # Not built by this script (no manifest): move it aside rather than trust it.
+    log "moving aside incomplete $ROOTFS"
+    mv -T "$ROOTFS" "$ROOTFS_DIR/.${ROOTFS_NAME}.stale-$$"
+    remove_tree "$ROOTFS_DIR/.${ROOTFS_NAME}.stale-$$"
+  fi
   log "building base rootfs $ROOTFS (Debian bookworm, mmdebstrap)"
-  tmp="$(mktemp -d "$CACHE_DIR/rootfs/.${ROOTFS_NAME}.tmp-XXXXXX")"
-  trap 'rm -rf "$tmp"' EXIT
+  local tmp started
+  started=$(date +%s)
+  # Beside the target (same filesystem), so the final step is one atomic rename.
+  tmp="$(mktemp -d "$ROOTFS_DIR/.${ROOTFS_NAME}.tmp-XXXXXX")"
+  # shellcheck disable=SC2064
+  trap "remove_tree '$tmp'" EXIT
+  # shellcheck disable=SC2016 # the hooks are expanded by mmdebstrap's shell, not ours
   mmdebstrap --quiet --variant=minbase --include="$ROOTFS_PACKAGES" \
     --customize-hook='chroot "$1" useradd --create-home --uid 1000 --user-group --shell /bin/bash user' \
     --customize-hook='echo "user ALL=(ALL:ALL) NOPASSWD: ALL" > "$1/etc/sudoers.d/user"; chmod 0440 "$1/etc/sudoers.d/user"' \
     --customize-hook='mkdir -p "$1/opt/firkin"; echo firkin > "$1/etc/hostname"; printf "127.0.0.1 localhost firkin\n::1 localhost\n" > "$1/etc/hosts"; : > "$1/etc/resolv.conf"' \
     --customize-hook='rm -rf "$1/var/cache/apt/archives/"*.deb "$1/var/lib/apt/lists/"*' \
-    bookworm "$tmp/root" http://deb.debian.org/debian
-  cat > "$tmp/root/.firkin-rootfs.json" <<JSON
-{"format":1,"name":"base","version":"${ROOTFS_NAME}","debianSuite":"bookworm","packages":"${ROOTFS_PACKAGES}","builtAt":"$(date -u +%Y-%m-%dT%H:%M:%SZ)"}
+    bookworm "$tmp/root" "$DEBIAN_MIRROR"
+  # Check what the sandbox contract relies on before publishing the rootfs.
+  grep -q '^user:x:1000:1000::/home/user:/bin/bash$' "$tmp/root/etc/passwd" || {
+    echo "rootfs check failed: user 'user' (1000:1000, /home/user, /bin/bash) missing" >&2
+    exit 1
+  }
+  local f
+  for f in bin/bash usr/bin/python3 usr/bin/git usr/bin/curl usr/bin/sudo etc/hostname etc/hosts etc/resolv.conf; do
+    [ -e "$tmp/root/$f" ] || {
+      echo "rootfs check failed: /$f missing" >&2
+      exit 1
+    }
+  done
+  if [ ! -d "$tmp/root/opt/firkin" ] || [ ! -d "$tmp/root/home/user" ]; then
+    echo "rootfs check failed: /opt/firkin or /home/user missing" >&2
+    exit 1
+  fi
+  local pkgs_json
+  pkgs_json="$(printf '%s' "$ROOTFS_PACKAGES" | sed 's/[^,][^,]*/"&"/g')"
+  cat >"$tmp/root/$ROOTFS_MANIFEST" <<JSON
+{"format":1,"name":"base","version":"${ROOTFS_NAME}","debianSuite":"bookworm","packages":[${pkgs_json}],"builtAt":"$(date -u +%Y-%m-%dT%H:%M:%SZ)"}
 JSON
   sync -f "$tmp/root"
   mv -T "$tmp/root" "$ROOTFS"
-  rm -rf "$tmp"
+  sync -f "$ROOTFS_DIR"
+  rmdir "$tmp"
   trap - EXIT
-  log "base rootfs ready"
+  log "base rootfs ready ($(($(date +%s) - started)) s)"
+}
+
+if [ ! -e "$ROOTFS/$ROOTFS_MANIFEST" ]; then
+  mkdir -p "$ROOTFS_DIR"
+  exec 9>"$ROOTFS_DIR/.lock"
+  flock 9
+  build_rootfs
+  exec 9>&-
 fi
 
 # --- Python venv for the SDK tests -----------------------------------------------------------
-want="e2b==$E2B_VERSION e2b-code-interpreter==$E2B_CI_VERSION pytest pytest-timeout httpx"
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" - "$E2B_VERSION" "$E2B_CI_VERSION" <<'PY' 2>/dev/null
+venv_ok() {
+  [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "${PY_PINS[@]}" <<'PY' 2>/dev/null
 import sys
 from importlib.metadata import version
-assert version("e2b") == sys.argv[1]
-assert version("e2b-code-interpreter") == sys.argv[2]
-import pytest, pytest_timeout, httpx  # noqa: F401
+for pin in sys.argv[1:]:
+    name, want = pin.split("==")
+    assert version(name) == want, pin
 PY
-then
-  log "preparing Python venv $VENV"
-  python3 -m venv "$VENV"
-  # shellcheck disable=SC2086
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check $want
+}
+if ! venv_ok; then
+  mkdir -p "$VENV"
+  exec 9>"$VENV/.firkin-setup.lock"
+  flock 9
+  if ! venv_ok; then
+    log "preparing Python venv $VENV (${PY_PINS[*]})"
+    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_PINS[@]}"
+    venv_ok || {
+      echo "venv $VENV does not have ${PY_PINS[*]} after pip install" >&2
+      exit 1
+    }
+  fi
+  exec 9>&-
 fi
 log "ok: $(runsc --version | head -1); rootfs $ROOTFS; venv $VENV"

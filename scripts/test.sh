@@ -1,79 +1,176 @@
 #!/usr/bin/env bash
 # Quickstart, command 2: the whole test suite. Installs what it needs (setup.sh), checks format
 # and lints, runs the Rust tests, then starts a real server on a free loopback port and runs the
-# SDK-compatibility suite (real `e2b` SDK, real gVisor sandboxes) against it, then a short bench.
+# SDK-compatibility suite (real `e2b` SDK, real gVisor sandboxes) against it, a server-restart
+# durability check, and a short bench. Exits non-zero on any failure, including sandboxes, runsc
+# processes or network namespaces left behind after the server stopped.
+#
+# Environment: FIRKIN_VENV (default .venv), FIRKIN_CACHE_DIR (shared rootfs cache),
+# FIRKIN_BENCH_RUNS (default 10; 0 skips the bench), FIRKIN_SUITE_TIMEOUT (whole pytest run,
+# seconds, default 1500), PYTEST_ARGS (extra pytest arguments, e.g. "-k files").
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
+export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+# rustup's cargo, should a bare environment lack it on PATH.
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"; fi
 VENV="${FIRKIN_VENV:-$REPO/.venv}"
+STARTED=$(date +%s)
+step() { printf '\n== %s (+%ds)\n' "$*" "$(($(date +%s) - STARTED))"; }
 
+step "setup"
 bash scripts/setup.sh
 
-echo "== cargo fmt / clippy"
+step "cargo fmt / clippy"
 cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
-echo "== cargo test"
+step "cargo test"
 cargo test --locked --workspace
 
-echo "== build release binaries"
+step "build release binaries"
 cargo build --release --locked --bin firkin --bin firkin-agent
 
-# A fresh state dir per run; the cache (rootfs) is shared.
+# A fresh state dir per run, never under $TMPDIR; the cache (rootfs) is shared.
+mkdir -p /var/tmp
 RUN_DIR="$(mktemp -d /var/tmp/firkin-test.XXXXXX)"
 export FIRKIN_STATE_DIR="$RUN_DIR/state"
+BENCH_STATE_DIR="$RUN_DIR/bench-state"
+# Network namespaces are named fk-<owner>-<id>, owner = sha256(state dir)[..3 bytes].
+netns_prefix() { printf 'fk-%s-' "$(printf '%s' "$1" | sha256sum | cut -c1-6)"; }
+NETNS_PREFIXES="$(netns_prefix "$FIRKIN_STATE_DIR")
+$(netns_prefix "$BENCH_STATE_DIR")"
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 API_KEY="test-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+# Its own address range, so it never collides with a `firkin serve` already running on the host
+# (default 10.210.0.0) or with the bench below (10.212.0.0).
+SUBNET_BASE="${FIRKIN_TEST_SUBNET_BASE:-10.211.0.0}"
 LOG="$RUN_DIR/server.log"
 SERVER_PID=""
 
-cleanup() {
-  local rc=$?
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+stop_server() {
+  [ -n "$SERVER_PID" ] || return 0
+  if kill -0 "$SERVER_PID" 2>/dev/null; then
     kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
+    # Graceful shutdown kills the running sandboxes; give it a bounded time.
+    for _ in $(seq 1 150); do
+      kill -0 "$SERVER_PID" 2>/dev/null || break
+      sleep 0.2
+    done
+    if kill -0 "$SERVER_PID" 2>/dev/null; then
+      echo "server did not stop within 30 s of SIGTERM; killing it"
+      kill -KILL "$SERVER_PID" 2>/dev/null || true
+    fi
   fi
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+}
+
+# runsc processes and namespaces of this run only (other firkin instances may share the host).
+leftover_runsc() { pgrep -f -- "--root=$RUN_DIR/" || true; }
+leftover_netns() { ip netns list 2>/dev/null | awk '{print $1}' | grep -F -- "$NETNS_PREFIXES" || true; }
+
+cleanup() {
+  local rc=$? pids nss
+  set +e
+  stop_server
   if [ "$rc" -ne 0 ] && [ -f "$LOG" ]; then
-    echo "== server log (tail)"; tail -n 60 "$LOG" || true
+    echo "== server log (last 80 lines of $LOG)"
+    tail -n 80 "$LOG"
   fi
-  left="$(runsc --root="$FIRKIN_STATE_DIR/run/runsc" list -quiet 2>/dev/null | grep -c . || true)"
-  echo "== leftover runsc sandboxes after server stop: ${left:-0}"
-  rm -rf "$RUN_DIR"
+  sleep 0.5
+  pids="$(leftover_runsc)"
+  nss="$(leftover_netns)"
+  echo "== leftovers after the server stopped: $(printf '%s' "$pids" | grep -c .) runsc processes, $(printf '%s' "$nss" | grep -c .) network namespaces"
+  if [ -n "$pids" ] || [ -n "$nss" ]; then
+    [ -n "$pids" ] && ps -o pid=,args= -p "$(printf '%s' "$pids" | paste -sd,)" | cut -c1-200
+    # shellcheck disable=SC2086 # one line per name
+    [ -n "$nss" ] && printf '  netns %s\n' $nss
+    echo "FAIL: the server left sandboxes behind; removing them"
+    # shellcheck disable=SC2086
+    [ -n "$pids" ] && kill -KILL $pids 2>/dev/null
+    for ns in $nss; do ip netns delete "$ns" 2>/dev/null; done
+    [ "$rc" -eq 0 ] && rc=1
+  fi
+  # Never follow a mount out of the run dir (runsc mounts nothing here today; be safe anyway).
+  if awk -v d="$RUN_DIR/" 'index($5, d) == 1 { f = 1 } END { exit !f }' /proc/self/mountinfo; then
+    echo "not removing $RUN_DIR: something is still mounted under it"
+    [ "$rc" -eq 0 ] && rc=1
+  else
+    rm -rf --one-file-system "$RUN_DIR"
+  fi
+  echo "== test.sh finished in $(($(date +%s) - STARTED)) s, exit $rc"
   exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 start_server() {
-  target/release/firkin serve --listen "127.0.0.1:$PORT" --api-key "$API_KEY" >>"$LOG" 2>&1 &
+  NO_COLOR=1 target/release/firkin serve --listen "127.0.0.1:$PORT" --api-key "$API_KEY" \
+    --subnet-base "$SUBNET_BASE" >>"$LOG" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 150); do
-    if curl -fsS -o /dev/null -H "X-API-KEY: $API_KEY" "http://127.0.0.1:$PORT/v2/sandboxes" 2>/dev/null; then return 0; fi
-    kill -0 "$SERVER_PID" 2>/dev/null || { echo "server exited early"; return 1; }
+    if curl -fsS -o /dev/null --max-time 2 -H "X-API-KEY: $API_KEY" "http://127.0.0.1:$PORT/v2/sandboxes" 2>/dev/null; then
+      return 0
+    fi
+    kill -0 "$SERVER_PID" 2>/dev/null || {
+      echo "server exited early"
+      return 1
+    }
     sleep 0.2
   done
-  echo "server did not answer"; return 1
+  echo "server did not answer within 30 s"
+  return 1
 }
 
-echo "== start server on 127.0.0.1:$PORT"
+step "start server on 127.0.0.1:$PORT (state $FIRKIN_STATE_DIR, log $LOG)"
 start_server
 
 export E2B_API_URL="http://127.0.0.1:$PORT" E2B_SANDBOX_URL="http://127.0.0.1:$PORT" E2B_API_KEY="$API_KEY"
 unset E2B_DEBUG E2B_DOMAIN || true
 
-echo "== SDK compatibility suite (e2b $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("e2b"))'))"
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider --timeout=180 tests/sdk
+step "SDK compatibility suite (e2b $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("e2b"))'))"
+# shellcheck disable=SC2086
+timeout -k 30 "${FIRKIN_SUITE_TIMEOUT:-1500}" \
+  "$VENV/bin/python" -m pytest -q -p no:cacheprovider --timeout=180 -rfE ${PYTEST_ARGS:-} tests/sdk
 
-echo "== server metrics after the suite"
-curl -fsS "http://127.0.0.1:$PORT/metrics" | grep -E '^firkin_(lifecycle_seconds_count|capacity_used|admission)' || true
+step "no sandbox left behind by the suite"
+# Kills return before the engine teardown finishes: allow it a few seconds, then insist.
+"$VENV/bin/python" - <<'PY'
+import time
+import httpx
+from e2b import Sandbox, SandboxQuery, SandboxState
 
-echo "== durability: a paused sandbox survives a server restart"
-read -r PAUSED_ID PAUSED_PID < <("$VENV/bin/python" tests/sdk/restart_check.py prepare)
-kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true
+deadline = time.time() + 20
+while True:
+    left = Sandbox.list(query=SandboxQuery(state=[SandboxState.RUNNING, SandboxState.PAUSED])).next_items()
+    metrics = httpx.get(__import__("os").environ["E2B_API_URL"] + "/metrics", timeout=10).text
+    used = [l for l in metrics.splitlines() if l.startswith("firkin_capacity_used") and not l.endswith(" 0")]
+    if not left and not used:
+        print("none: the sandbox list is empty and no capacity is reserved")
+        break
+    if time.time() > deadline:
+        for s in left:
+            print(f"LEAKED {s.sandbox_id} state={s.state.value} metadata={s.metadata}")
+        for l in used:
+            print(f"STILL RESERVED {l}")
+        raise SystemExit("FAIL: the suite left sandboxes or reservations behind")
+    time.sleep(0.5)
+PY
+
+step "server metrics after the suite"
+curl -fsS --max-time 10 "http://127.0.0.1:$PORT/metrics" | grep -E '^firkin_(lifecycle_seconds_count|capacity_used|admission)' || true
+
+step "durability: a paused sandbox survives a server restart"
+read -r PAUSED_ID PAUSED_PID < <(timeout 120 "$VENV/bin/python" tests/sdk/restart_check.py prepare)
+stop_server
 start_server
-"$VENV/bin/python" tests/sdk/restart_check.py verify "$PAUSED_ID" "$PAUSED_PID"
+timeout 120 "$VENV/bin/python" tests/sdk/restart_check.py verify "$PAUSED_ID" "$PAUSED_PID"
 
-echo "== bench (short run; use 'firkin bench create -n 100' for the full table)"
-# Its own state dir and address range, so it never touches the server's sandboxes.
-FIRKIN_STATE_DIR="$RUN_DIR/bench-state" target/release/firkin bench create \
-  -n "${FIRKIN_BENCH_RUNS:-10}" --subnet-base 10.212.0.0 --out "$RUN_DIR/bench.json"
+if [ "${FIRKIN_BENCH_RUNS:-10}" -gt 0 ]; then
+  step "bench (short run; use 'firkin bench create -n 100' for the full table)"
+  # Its own state dir and address range, so it never touches the server's sandboxes.
+  FIRKIN_STATE_DIR="$BENCH_STATE_DIR" timeout 600 target/release/firkin bench create \
+    -n "${FIRKIN_BENCH_RUNS:-10}" --subnet-base 10.212.0.0 --out "$RUN_DIR/bench.json"
+fi

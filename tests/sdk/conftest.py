@@ -15,6 +15,26 @@ API_URL = os.environ.get("E2B_API_URL", "http://127.0.0.1:3000")
 API_KEY = os.environ.get("E2B_API_KEY", "")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _server_configured():
+    """Fail fast with a clear message instead of 49 confusing errors when no server is set up."""
+    missing = [v for v in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY") if not os.environ.get(v)]
+    if missing:
+        pytest.exit(
+            f"{', '.join(missing)} not set: run scripts/test.sh, or start scripts/serve.sh and export "
+            "the lines it prints",
+            returncode=2,
+        )
+    if os.environ.get("E2B_DEBUG", "").lower() == "true":
+        pytest.exit("E2B_DEBUG=true makes the SDK skip the control plane; unset it", returncode=2)
+    try:
+        r = httpx.get(f"{API_URL}/v2/sandboxes", headers={"X-API-KEY": API_KEY}, timeout=10)
+    except httpx.HTTPError as e:
+        pytest.exit(f"no firkin server answers at {API_URL}: {e}", returncode=2)
+    if r.status_code != 200:
+        pytest.exit(f"{API_URL}/v2/sandboxes answered {r.status_code} with this E2B_API_KEY: {r.text}", returncode=2)
+
+
 @pytest.fixture
 def sandbox():
     sbx = Sandbox.create(timeout=120)

@@ -89,6 +89,24 @@ def test_paths_cannot_escape_the_sandbox(api, sandbox, tmp_path):
         os.rmdir(host_dir)
 
 
+def test_symlink_to_etc_hostname_reads_the_sandboxs_file(sandbox):
+    inside = sandbox.commands.run("cat /etc/hostname").stdout
+    sandbox.commands.run("ln -s /etc/hostname /home/user/hn && ln -s ../../.. /home/user/up")
+    assert sandbox.files.read("/home/user/hn") == inside
+    assert sandbox.files.read("/home/user/up/etc/hostname") == inside
+    assert sandbox.files.read("/home/user/up/../../../../etc/hostname") == inside
+    with open("/etc/hostname") as f:
+        host = f.read()
+    if host != inside:
+        assert sandbox.files.read("/home/user/hn") != host
+    # a write through a symlink to / lands in the sandbox, not on the host
+    marker = f"/opt/firkin-marker-{uuid.uuid4().hex[:8]}"
+    sandbox.commands.run("ln -s / /home/user/root-link")
+    sandbox.files.write(f"/home/user/root-link{marker}", "inside", user="root")
+    assert sandbox.commands.run(f"cat {marker}").stdout == "inside"
+    assert not os.path.exists(marker)
+
+
 def test_directory_where_a_file_is_expected(sandbox):
     with pytest.raises(InvalidArgumentException):
         sandbox.files.read("/home/user")

@@ -104,3 +104,46 @@ def test_command_timeout_kills_it(sandbox):
 def test_large_output(sandbox):
     r = sandbox.commands.run("head -c 300000 /dev/zero | tr '\\0' 'x'")
     assert len(r.stdout) == 300000
+
+
+def test_list_shows_a_running_sleep_with_its_command(sandbox):
+    h = sandbox.commands.run("sleep 60", background=True, envs={"MARK": "listed"})
+    try:
+        procs = {p.pid: p for p in sandbox.commands.list()}
+        assert h.pid in procs
+        p = procs[h.pid]
+        # the SDK starts `/bin/bash -l -c <cmd>`
+        assert "sleep 60" in " ".join([p.cmd, *p.args])
+        assert p.envs.get("MARK") == "listed"
+    finally:
+        assert sandbox.commands.kill(h.pid) is True
+
+
+def test_async_sdk_commands_stream_and_background():
+    import asyncio
+
+    from e2b import AsyncSandbox
+
+    async def main():
+        sbx = await AsyncSandbox.create(timeout=60, envs={"WHO": "async"})
+        try:
+            chunks = []
+            r = await sbx.commands.run(
+                "for i in 1 2; do echo $WHO-$i; sleep 0.3; done", on_stdout=lambda d: chunks.append((time.monotonic(), d))
+            )
+            assert r.stdout == "async-1\nasync-2\n"
+            assert "".join(d for _, d in chunks) == r.stdout
+            assert chunks[-1][0] - chunks[0][0] > 0.2
+            h = await sbx.commands.run("sleep 30", background=True)
+            assert h.pid in [p.pid for p in await sbx.commands.list()]
+            assert await sbx.commands.kill(h.pid) is True
+            with pytest.raises(CommandExitException):
+                await h.wait()
+            await sbx.files.write("/home/user/a.txt", "from async")
+            assert await sbx.files.read("/home/user/a.txt") == "from async"
+            assert await sbx.is_running() is True
+        finally:
+            assert await sbx.kill() is True
+        assert await sbx.is_running() is False
+
+    asyncio.run(main())

@@ -96,12 +96,16 @@ def test_set_timeout_moves_end_at(sandbox):
 
 
 def test_sandbox_expires_at_end_at():
-    sbx = Sandbox.create(timeout=3)
+    created = time.time()
+    sbx = Sandbox.create(timeout=5)
     assert sbx.is_running()
-    deadline = time.time() + 20
+    time.sleep(max(0.0, created + 2.5 - time.time()))
+    assert sbx.is_running(), "killed well before endAt"
+    deadline = created + 15
     while time.time() < deadline and sbx.is_running():
         time.sleep(0.5)
-    assert not sbx.is_running()
+    assert not sbx.is_running(), "still running 10 s after endAt"
+    assert time.time() - created >= 4.5, "killed before endAt"
     assert Sandbox.kill(sbx.sandbox_id) is False
     with pytest.raises(NotFoundException):
         Sandbox.get_info(sbx.sandbox_id)
@@ -144,3 +148,24 @@ def test_metrics_report_real_usage(sandbox):
     assert m.cpu_count >= 1
     assert m.mem_total > 0 and 0 < m.mem_used <= m.mem_total
     assert m.disk_total > 0
+
+
+def test_concurrent_creates_are_independent(tag):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i):
+        sbx = Sandbox.create(timeout=60, metadata={"suite": tag}, envs={"N": str(i)})
+        try:
+            sbx.files.write("/home/user/who.txt", f"sandbox {i}")
+            out = sbx.commands.run("echo $N; cat /home/user/who.txt; ls /home/user").stdout
+            return sbx.sandbox_id, out
+        finally:
+            sbx.kill()
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, range(4)))
+    assert len({sid for sid, _ in results}) == 4
+    for i, (_, out) in enumerate(results):
+        # each sandbox sees only its own env and its own files
+        assert out == f"{i}\nsandbox {i}who.txt\n"
+    assert Sandbox.list(query=SandboxQuery(metadata={"suite": tag})).next_items() == []
