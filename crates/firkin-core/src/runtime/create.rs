@@ -58,7 +58,8 @@ impl Runtime {
     /// `templateID` may name a built-in template or a snapshot (by id or name); a snapshot is
     /// restored instead of booted.
     pub async fn create(&self, req: CreateSandbox) -> Result<SandboxRecord, RuntimeError> {
-        if let Some(m) = self.inner.snapshots.find(&req.template_id) {
+        let builtin = crate::template::TemplateCatalog::known_ids().contains(&req.template_id.as_str());
+        if let Some(m) = (!builtin).then(|| self.inner.snapshots.find(&req.template_id)).flatten() {
             let verify = self.inner.snapshots.verify(&m, &self.inner.agent_sha256);
             verify.map_err(|source| RuntimeError::Snapshot { source })?;
             let source = Source {

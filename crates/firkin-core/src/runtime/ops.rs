@@ -223,10 +223,7 @@ impl Runtime {
         t.values()
             .filter(|r| r.state.accepts_traffic())
             .find(|r| {
-                let expected = signature::sign(path, op, username, &r.access_token, expiration);
-                expected == presented
-                    && signature::verify(presented, path, op, username, &r.access_token, expiration, now)
-                        .is_ok()
+                signature::verify(presented, path, op, username, &r.access_token, expiration, now).is_ok()
             })
             .map(|r| SandboxRoute {
                 id: r.id.clone(),

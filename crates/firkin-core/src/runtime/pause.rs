@@ -148,7 +148,12 @@ impl Runtime {
         )))
     }
 
-    async fn checkpoint_staged(&self, id: &SandboxId, tmp: &std::path::Path) -> Result<(), RuntimeError> {
+    /// Checkpoints the sandbox, which keeps running, into `tmp` (emptied first).
+    pub(super) async fn checkpoint_staged(
+        &self,
+        id: &SandboxId,
+        tmp: &std::path::Path,
+    ) -> Result<(), RuntimeError> {
         let engine = Arc::clone(&self.inner.engine);
         let (cid, tmp) = (id.clone(), tmp.to_path_buf());
         tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {

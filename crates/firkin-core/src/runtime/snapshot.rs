@@ -49,7 +49,7 @@ impl Runtime {
         self.cut_traffic(&rec.id, false);
         self.wait_for_quiet(&rec).await;
         let snapshot_id = SnapshotStore::new_id();
-        let saved = self.checkpoint_leave_running(&rec, &snapshot_id).await;
+        let saved = self.checkpoint_staged(&rec.id, &self.inner.snapshots.staging_dir(&snapshot_id)).await;
         self.transition(
             &rec.id,
             if saved.is_ok() { LifecycleEvent::SnapshotDone } else { LifecycleEvent::Fail },
@@ -79,28 +79,6 @@ impl Runtime {
         self.inner.samples.record(SampleName::SnapshotSave, started.elapsed());
         tracing::info!(sandbox = %rec.id, snapshot = %snapshot_id, took = ?started.elapsed(), "snapshot saved");
         Ok(published)
-    }
-
-    async fn checkpoint_leave_running(
-        &self,
-        rec: &SandboxRecord,
-        snapshot_id: &str,
-    ) -> Result<(), RuntimeError> {
-        let engine = Arc::clone(&self.inner.engine);
-        let staged = self.inner.snapshots.staging_dir(snapshot_id);
-        let id = rec.id.clone();
-        tokio::task::spawn_blocking(move || {
-            let _ = std::fs::remove_dir_all(&staged);
-            std::fs::create_dir_all(&staged).map_err(|e| {
-                RuntimeError::Internal(format!("snapshot of {id}: creating {}: {e}", staged.display()))
-            })?;
-            engine.checkpoint(&id, &staged, true).map_err(|source| {
-                let _ = std::fs::remove_dir_all(&staged);
-                RuntimeError::Engine { id: id.to_string(), source }
-            })
-        })
-        .await
-        .map_err(|e| RuntimeError::Internal(format!("snapshot task: {e}")))?
     }
 
     /// Snapshots, newest first; optionally only those of one source sandbox or with one name.
