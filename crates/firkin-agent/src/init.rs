@@ -128,6 +128,7 @@ pub async fn init(
                 workdir = %config.default_workdir.display(),
                 "initialised"
             );
+            publish_envs(&config.env_vars);
             cell.set(config);
             let resp = InitResponse {
                 protocol: AGENT_PROTOCOL_VERSION,
@@ -137,6 +138,35 @@ pub async fn init(
             (StatusCode::OK, [protocol_header()], Json(resp)).into_response()
         }
         Err(e) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+/// Where in-sandbox services (the code interpreter) read the sandbox-wide env vars; they were
+/// started before this sandbox existed (at template build), so they re-read it when it changes.
+/// `FIRKIN_AGENT_ENVS_FILE` overrides it for host testing.
+const ENVS_FILE: &str = "/run/firkin/envs.json";
+
+/// Writes the env vars to [`ENVS_FILE`] atomically (temp file, fsync, rename), world-readable.
+/// Best effort: a failure is logged, envd itself does not depend on the file.
+fn publish_envs(vars: &std::collections::BTreeMap<String, String>) {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("FIRKIN_AGENT_ENVS_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| ENVS_FILE.into());
+    let write = || -> std::io::Result<()> {
+        let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        let tmp = dir.join(".envs.json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(vars).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+        std::fs::rename(&tmp, &path)
+    };
+    if let Err(e) = write() {
+        tracing::warn!(path = %path.display(), error = %e, "cannot publish the sandbox env vars");
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! Layout: `app` (routes, shared state), `auth` (token gate, Basic-auth user), `init`
 //! (`/init`, `/health`, `/envs`, sandbox config), `connect` (Connect framing and error codes),
-//! `json` (proto3 JSON value rules), `rpc` (method dispatch), `process/*` (spawn, pty, registry,
+//! `json` (proto3 JSON value rules), `listener` (blocking accept thread), `rpc` (method dispatch), `process/*` (spawn, pty, registry,
 //! exit mapping), `filesystem/*` (EntryInfo, xattrs, watchers), `files` (`/files`), `metrics`,
 //! `reaper` (the single `waitpid` owner, see its docs for the PID-1 design), `user`, `paths`.
 //!
@@ -19,6 +19,7 @@ mod filesystem;
 mod http_error;
 mod init;
 mod json;
+mod listener;
 mod metrics;
 mod paths;
 mod process;
@@ -57,7 +58,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let reaper = reaper::Reaper::new();
     tokio::spawn(reaper.clone().run());
     let app = app::router(app::AppState::new(reaper));
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let listener = listener::BlockingAcceptListener::bind(args.listen)?;
     tracing::info!(addr = %args.listen, pid = std::process::id(), "firkin-agent listening");
     axum::serve(listener, app).await?;
     Ok(())

@@ -27,6 +27,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let report = runtime.reconcile().await;
     tracing::info!(?report, engine = %runtime.engine_description(), "runtime ready");
     runtime.start_background();
+    // Built-in templates are built (or rebuilt, after an upgrade) in the background; a create
+    // of one that is not ready yet waits for its build.
+    let prep = runtime.clone();
+    tokio::spawn(async move { prep.prepare_builtin_templates().await });
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

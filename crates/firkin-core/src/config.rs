@@ -58,6 +58,10 @@ impl Layout {
     pub fn snapshot_dir(&self, id: &str) -> PathBuf {
         self.snapshot_images_dir().join(id)
     }
+    /// Built template artifacts (`templates/<build id>/` with `manifest.json`).
+    pub fn templates_dir(&self) -> PathBuf {
+        self.state_dir.join("templates")
+    }
     /// Where quarantined (untrusted) artifacts are moved.
     pub fn quarantine_dir(&self) -> PathBuf {
         self.state_dir.join("quarantine")

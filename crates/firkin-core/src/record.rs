@@ -35,6 +35,16 @@ pub struct SandboxRecord {
     pub net_slot: Option<u32>,
     /// Address at which the agent answers (inside the sandbox's namespace).
     pub agent_ip: std::net::Ipv4Addr,
+    /// The cached rootfs (`cache/rootfs/<name>`) under the sandbox's memory overlay; a restore
+    /// of its checkpoint needs the same one. Records written before this field used `base-v1`.
+    #[serde(default = "crate::template::default_rootfs")]
+    pub rootfs: String,
+    /// Default working directory of commands (a template's `workdir`); `None` = the user's home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Sandboxes the server runs for itself (template builds): never listed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
     /// Capacity reservation held in this server's ledger (not meaningful across restarts).
     #[serde(skip)]
     pub reservation: Option<u64>,

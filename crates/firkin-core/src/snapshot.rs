@@ -16,8 +16,10 @@ use time::OffsetDateTime;
 use crate::atomic::write_json_atomic;
 use crate::config::Layout;
 
-/// Version of the snapshot manifest format.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+/// Version of the snapshot manifest format. 2 added `rootfs`, `rootfsId`, `workdir` and
+/// `template`; format-1 manifests are still read (their rootfs was `base-v1`).
+pub const SNAPSHOT_FORMAT: u32 = 2;
+const READABLE_FORMATS: std::ops::RangeInclusive<u32> = 1..=SNAPSHOT_FORMAT;
 const MANIFEST: &str = "manifest.json";
 
 /// Size and digest of one artifact file.
@@ -49,6 +51,18 @@ pub struct SnapshotManifest {
     /// Digest of the agent binary the image was taken with: a restore needs the same one.
     pub agent_sha256: String,
     pub files: Vec<FileDigest>,
+    /// The cached rootfs the image's memory overlay sits on.
+    #[serde(default = "crate::template::default_rootfs")]
+    pub rootfs: String,
+    /// Identity of that rootfs build (SHA-256 of its `.firkin-rootfs.json`); empty if unknown.
+    #[serde(default)]
+    pub rootfs_id: String,
+    /// Default working directory for commands in sandboxes restored from this image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Set on template artifacts: what was built and from which spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<crate::template::TemplateInfo>,
 }
 
 /// Snapshot store failures, naming the snapshot.
@@ -64,11 +78,13 @@ pub enum SnapshotError {
     AgentMismatch { id: String },
 }
 
-/// The on-disk snapshot store.
+/// An on-disk store of checkpoint artifacts: one for snapshots, one for templates.
 #[derive(Debug)]
 pub struct SnapshotStore {
-    layout: Layout,
-    /// Snapshots fully hashed since this process started (re-hashing on every create is waste).
+    /// Published artifacts live in `root/<id>/`; staging in `root/.<id>.tmp`.
+    root: PathBuf,
+    quarantine: PathBuf,
+    /// Artifacts fully hashed since this process started (re-hashing on every create is waste).
     verified: Mutex<HashSet<String>>,
 }
 
@@ -127,23 +143,33 @@ pub fn check_dir(dir: &Path, files: &[FileDigest], full: bool) -> Result<(), Str
 }
 
 impl SnapshotStore {
-    pub fn new(layout: Layout) -> SnapshotStore {
-        SnapshotStore { layout, verified: Mutex::new(HashSet::new()) }
+    /// The snapshot store (`create_snapshot`, fork).
+    pub fn snapshots(layout: &Layout) -> SnapshotStore {
+        SnapshotStore::at(layout.snapshot_images_dir(), layout.quarantine_dir())
     }
 
-    /// A fresh snapshot id (valid as a template id).
-    pub fn new_id() -> String {
+    /// The template store (built templates).
+    pub fn templates(layout: &Layout) -> SnapshotStore {
+        SnapshotStore::at(layout.templates_dir(), layout.quarantine_dir())
+    }
+
+    fn at(root: PathBuf, quarantine: PathBuf) -> SnapshotStore {
+        SnapshotStore { root, quarantine, verified: Mutex::new(HashSet::new()) }
+    }
+
+    /// A fresh artifact id (`<prefix>-<16 random chars>`, valid as a template id).
+    pub fn new_id(prefix: &str) -> String {
         let id = crate::ids::SandboxId::generate();
-        format!("snap-{}", &id.as_str()[..16])
+        format!("{prefix}-{}", &id.as_str()[..16])
     }
 
     /// Temp directory to checkpoint into before [`SnapshotStore::publish`].
     pub fn staging_dir(&self, id: &str) -> PathBuf {
-        self.layout.snapshot_images_dir().join(format!(".{id}.tmp"))
+        self.root.join(format!(".{id}.tmp"))
     }
 
     pub fn image_dir(&self, id: &str) -> PathBuf {
-        self.layout.snapshot_dir(id)
+        self.root.join(id)
     }
 
     /// Hashes the staged files, writes the manifest and renames the directory into place.
@@ -155,7 +181,7 @@ impl SnapshotStore {
         write_json_atomic(&staged.join(MANIFEST), &manifest).map_err(|e| io("writing manifest", e.source))?;
         let dest = self.image_dir(&id);
         fs::rename(&staged, &dest).map_err(|e| io("publishing", e))?;
-        if let Ok(d) = fs::File::open(self.layout.snapshot_images_dir()) {
+        if let Ok(d) = fs::File::open(&self.root) {
             let _ = d.sync_all();
         }
         self.lock_verified().insert(id);
@@ -168,13 +194,13 @@ impl SnapshotStore {
 
     /// Every published snapshot, newest first.
     pub fn list(&self) -> Vec<SnapshotManifest> {
-        let mut out: Vec<SnapshotManifest> = fs::read_dir(self.layout.snapshot_images_dir())
+        let mut out: Vec<SnapshotManifest> = fs::read_dir(&self.root)
             .map(|rd| {
                 rd.flatten()
                     .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
                     .filter_map(|e| fs::read(e.path().join(MANIFEST)).ok())
                     .filter_map(|b| serde_json::from_slice::<SnapshotManifest>(&b).ok())
-                    .filter(|m| m.format == SNAPSHOT_FORMAT)
+                    .filter(|m| READABLE_FORMATS.contains(&m.format))
                     .collect()
             })
             .unwrap_or_default();
@@ -216,8 +242,8 @@ impl SnapshotStore {
 
     /// Moves a snapshot out of the store into `quarantine/`.
     pub fn quarantine(&self, id: &str) {
-        let q = self.layout.quarantine_dir();
-        let _ = fs::create_dir_all(&q);
+        let q = &self.quarantine;
+        let _ = fs::create_dir_all(q);
         let stamp = OffsetDateTime::now_utc().unix_timestamp();
         let _ = fs::rename(self.image_dir(id), q.join(format!("{id}.{stamp}")));
         self.lock_verified().remove(id);
@@ -232,7 +258,7 @@ mod tests {
     fn store(tag: &str) -> (SnapshotStore, PathBuf) {
         let dir = std::env::temp_dir().join(format!("firkin-snap-test-{}-{tag}", std::process::id()));
         let layout = Layout { state_dir: dir.join("state"), cache_dir: dir.join("cache") };
-        (SnapshotStore::new(layout), dir)
+        (SnapshotStore::snapshots(&layout), dir)
     }
 
     fn manifest(id: &str) -> SnapshotManifest {
@@ -251,6 +277,10 @@ mod tests {
             access_token: "t".into(),
             agent_sha256: "agent".into(),
             files: vec![],
+            rootfs: "base-v1".into(),
+            rootfs_id: String::new(),
+            workdir: None,
+            template: None,
         }
     }
 
@@ -267,11 +297,11 @@ mod tests {
         assert!(s.verify(&m, "agent").is_ok());
         assert!(matches!(s.verify(&m, "other"), Err(SnapshotError::AgentMismatch { .. })));
         // A fresh store (new process) re-hashes and catches a same-size mutation.
-        let s2 = SnapshotStore::new(s.layout.clone());
+        let s2 = SnapshotStore::at(s.root.clone(), s.quarantine.clone());
         fs::write(s.image_dir("snap-1").join("checkpoint.img"), b"IMAGE BYTES").unwrap();
         assert!(matches!(s2.verify(&m, "agent"), Err(SnapshotError::Integrity { .. })));
         assert!(s2.find("snap-1").is_none(), "quarantined snapshots are gone from the store");
-        assert_eq!(fs::read_dir(s.layout.quarantine_dir()).unwrap().count(), 1);
+        assert_eq!(fs::read_dir(&s.quarantine).unwrap().count(), 1);
         let _ = fs::remove_dir_all(dir);
     }
 

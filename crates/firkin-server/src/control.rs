@@ -34,7 +34,9 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/snapshots", post(create_snapshot))
         .route("/sandboxes/{id}/fork", post(fork))
         .route("/snapshots", get(list_snapshots))
-        .route("/templates/{id}", axum::routing::delete(delete_snapshot))
+        .route("/templates", get(crate::templates::list))
+        .route("/templates/{id}", get(crate::templates::get_one).delete(crate::templates::delete))
+        .route("/firkin/v1/templates", post(crate::templates::build))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -176,11 +178,6 @@ async fn list_snapshots(
         resp.headers_mut().insert("x-next-token", HeaderValue::from(next));
     }
     Ok(resp)
-}
-
-async fn delete_snapshot(State(st): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    st.runtime.delete_snapshot(&id)?;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn fork(State(st): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Response, ApiError> {

@@ -3,7 +3,7 @@
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use firkin_core::admission::queue::AdmissionError;
-use firkin_core::runtime::RuntimeError;
+use firkin_core::runtime::{BuildError, RuntimeError};
 use firkin_core::snapshot::SnapshotError;
 use firkin_core::template::TemplateError;
 use serde_json::json;
@@ -68,6 +68,14 @@ impl From<RuntimeError> for ApiError {
         let status = match &e {
             RuntimeError::Template(TemplateError::NotFound(_)) => StatusCode::NOT_FOUND,
             RuntimeError::Template(TemplateError::RootfsMissing { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            RuntimeError::Template(TemplateError::UnknownBase(_)) | RuntimeError::TemplateSpec(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            RuntimeError::Template(TemplateError::Stale { .. }) => StatusCode::CONFLICT,
+            RuntimeError::Build(BuildError::StepFailed { .. } | BuildError::NotReady { .. }) => {
+                StatusCode::BAD_REQUEST
+            }
+            RuntimeError::Build(BuildError::Step { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             RuntimeError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             RuntimeError::SandboxNotFound(_) => StatusCode::NOT_FOUND,
             RuntimeError::AlreadyPaused(_) => StatusCode::CONFLICT,

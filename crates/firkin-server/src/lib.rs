@@ -7,6 +7,7 @@ pub mod dispatch;
 pub mod error;
 pub mod list_query;
 pub mod proxy;
+pub mod templates;
 pub mod wire;
 
 use axum::extract::{Request, State};

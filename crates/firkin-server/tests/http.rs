@@ -27,7 +27,7 @@ async fn app(tag: u8) -> (Router, std::path::PathBuf) {
     let mut cfg = RuntimeConfig::new(layout, "/nonexistent/agent");
     cfg.ready_timeout = Duration::from_millis(500);
     let base = Ipv4Addr::new(127, 202, tag, 0);
-    for slot in 0..4u32 {
+    for slot in 0..10u32 {
         let (_, ip) = firkin_core::network::slots::slot_addrs(base, slot);
         fake_agent(ip).await;
     }

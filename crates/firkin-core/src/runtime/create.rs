@@ -15,6 +15,7 @@ use crate::ids::{generate_secret, SandboxId};
 use crate::lifecycle::{LifecycleEvent, SandboxState};
 use crate::record::{OnTimeout, SandboxRecord, RECORD_FORMAT};
 use crate::samples::SampleName;
+use crate::snapshot::SnapshotManifest;
 
 /// A validated-by-the-runtime create request (front ends fill it from their wire format).
 #[derive(Debug, Clone, Default)]
@@ -42,61 +43,68 @@ pub(super) struct BootPlan {
     pub restored_token: Option<String>,
 }
 
-/// What a sandbox starts from: a template's rootfs (boot) or a snapshot image (restore).
-struct Source {
-    template_id: String,
-    rootfs: std::path::PathBuf,
-    image: Option<std::path::PathBuf>,
-    restored_token: Option<String>,
-    base_env: BTreeMap<String, String>,
-    cpu_count: Option<u32>,
-    memory_mb: Option<u32>,
+/// What a sandbox starts from: a rootfs (boot; template builds only) or a checkpoint image of a
+/// template or snapshot (restore, the create path).
+pub(super) struct Source {
+    pub template_id: String,
+    /// Cached rootfs directory name (`cache/rootfs/<name>`).
+    pub rootfs_name: String,
+    pub image: Option<std::path::PathBuf>,
+    pub restored_token: Option<String>,
+    pub base_env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub cpu_count: Option<u32>,
+    pub memory_mb: Option<u32>,
+    /// A sandbox the server runs for itself (never listed).
+    pub internal: bool,
+}
+
+impl Source {
+    /// Restoring a published artifact (template or snapshot).
+    fn restore(m: &SnapshotManifest, image: std::path::PathBuf, template_id: String) -> Source {
+        Source {
+            template_id,
+            rootfs_name: m.rootfs.clone(),
+            image: Some(image),
+            restored_token: Some(m.access_token.clone()),
+            base_env: m.env_vars.clone(),
+            workdir: m.workdir.clone(),
+            cpu_count: Some(m.cpu_count),
+            memory_mb: Some(m.memory_mb),
+            internal: false,
+        }
+    }
 }
 
 impl Runtime {
-    /// Creates and starts a sandbox; returns its record once the agent answers.
-    /// `templateID` may name a built-in template or a snapshot (by id or name); a snapshot is
-    /// restored instead of booted.
+    /// Creates and starts a sandbox by restoring a checkpoint; returns its record once the agent
+    /// answers. `templateID` names a built template (built-ins are built on first need) or a
+    /// snapshot (by id or name).
     pub async fn create(&self, req: CreateSandbox) -> Result<SandboxRecord, RuntimeError> {
-        let builtin = crate::template::TemplateCatalog::known_ids().contains(&req.template_id.as_str());
-        if let Some(m) = (!builtin).then(|| self.inner.snapshots.find(&req.template_id)).flatten() {
+        self.check_request(&req)?;
+        if let Some(m) = self.template_artifact(&req.template_id).await? {
+            let image = self.inner.template_store.image_dir(&m.snapshot_id);
+            let template_id = req.template_id.clone();
+            return self.launch(req, Source::restore(&m, image, template_id)).await;
+        }
+        if let Some(m) = self.inner.snapshots.find(&req.template_id) {
             let verify = self.inner.snapshots.verify(&m, &self.inner.agent_sha256);
             verify.map_err(|source| RuntimeError::Snapshot { source })?;
-            let source = Source {
-                template_id: m.snapshot_id.clone(),
-                rootfs: self.inner.config.layout.rootfs_dir(crate::template::BASE_ROOTFS),
-                image: Some(self.inner.snapshots.image_dir(&m.snapshot_id)),
-                restored_token: Some(m.access_token.clone()),
-                base_env: m.env_vars.clone(),
-                cpu_count: Some(m.cpu_count),
-                memory_mb: Some(m.memory_mb),
-            };
-            return self.launch(req, source).await;
+            let image = self.inner.snapshots.image_dir(&m.snapshot_id);
+            let template_id = m.snapshot_id.clone();
+            return self.launch(req, Source::restore(&m, image, template_id)).await;
         }
-        let template = self.inner.templates.resolve(&req.template_id)?;
-        let source = Source {
-            template_id: template.id,
-            rootfs: template.rootfs,
-            image: None,
-            restored_token: None,
-            base_env: BTreeMap::new(),
-            cpu_count: None,
-            memory_mb: None,
-        };
-        self.launch(req, source).await
+        Err(crate::template::TemplateError::NotFound(req.template_id).into())
     }
 
     /// Validates, reserves, and boots or restores one sandbox from `source`.
-    async fn launch(&self, req: CreateSandbox, source: Source) -> Result<SandboxRecord, RuntimeError> {
+    pub(super) async fn launch(
+        &self,
+        req: CreateSandbox,
+        source: Source,
+    ) -> Result<SandboxRecord, RuntimeError> {
         let cfg = &self.inner.config;
-        if req.auto_resume {
-            return Err(RuntimeError::Unsupported { feature: "autoResume" });
-        }
-        if req.allow_internet_access == Some(true) {
-            return Err(RuntimeError::Unsupported {
-                feature: "allow_internet_access=true (sandbox internet egress)",
-            });
-        }
+        self.check_request(&req)?;
         let timeout = self.clamp_timeout(req.timeout)?;
         // A restored image keeps the resources it was taken with.
         let cpu_count = source.cpu_count.or(req.cpu_count).unwrap_or(cfg.default_cpu_count);
@@ -112,11 +120,6 @@ impl Runtime {
                 "memoryMB must be 128..={}, got {memory_mb}",
                 cfg.max_memory_mb
             )));
-        }
-        for key in req.env_vars.keys() {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(RuntimeError::InvalidRequest(format!("invalid envVars key {key:?}")));
-            }
         }
 
         let id = SandboxId::generate();
@@ -149,6 +152,9 @@ impl Runtime {
             on_timeout: req.on_timeout.unwrap_or(OnTimeout::Kill),
             net_slot: Some(slot),
             agent_ip: std::net::Ipv4Addr::UNSPECIFIED,
+            rootfs: source.rootfs_name.clone(),
+            workdir: source.workdir.clone(),
+            internal: source.internal,
             reservation: Some(grant.id),
         };
         self.table().insert(id.clone(), record);
@@ -157,7 +163,7 @@ impl Runtime {
             .boot_and_init(
                 &id,
                 BootPlan {
-                    rootfs: source.rootfs,
+                    rootfs: cfg.layout.rootfs_dir(&source.rootfs_name),
                     slot,
                     cpu: cpu_count,
                     mem: memory_mb,
@@ -182,6 +188,25 @@ impl Runtime {
         let rec = self.update(&id, |r| r.end_at = OffsetDateTime::now_utc() + timeout).unwrap_or(rec);
         tracing::info!(sandbox = %id, template = %rec.template_id, "sandbox running");
         Ok(rec)
+    }
+
+    /// Checks what can be checked before the source is resolved (and perhaps built).
+    fn check_request(&self, req: &CreateSandbox) -> Result<(), RuntimeError> {
+        if req.auto_resume {
+            return Err(RuntimeError::Unsupported { feature: "autoResume" });
+        }
+        if req.allow_internet_access == Some(true) {
+            return Err(RuntimeError::Unsupported {
+                feature: "allow_internet_access=true (sandbox internet egress)",
+            });
+        }
+        self.clamp_timeout(req.timeout)?;
+        for key in req.env_vars.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(RuntimeError::InvalidRequest(format!("invalid envVars key {key:?}")));
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn clamp_timeout(&self, t: Option<Duration>) -> Result<Duration, RuntimeError> {
@@ -276,7 +301,7 @@ impl Runtime {
             access_token: rec.access_token.clone(),
             env_vars: rec.env_vars.clone(),
             default_user: Some("user".into()),
-            default_workdir: Some("/home/user".into()),
+            default_workdir: Some(rec.workdir.clone().unwrap_or_else(|| "/home/user".into())),
             timestamp_ms: u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
                 .unwrap_or(0),
         };

@@ -12,6 +12,10 @@ use crate::template::TemplateError;
 pub enum RuntimeError {
     #[error(transparent)]
     Template(#[from] TemplateError),
+    #[error("invalid template spec: {0}")]
+    TemplateSpec(#[from] crate::template::TemplateSpecError),
+    #[error(transparent)]
+    Build(#[from] super::template::BuildError),
     #[error("capacity: {0}")]
     Admission(#[from] AdmissionError),
     #[error("invalid request: {0}")]

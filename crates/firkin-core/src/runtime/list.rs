@@ -49,7 +49,7 @@ pub fn paginate(records: Vec<SandboxRecord>, q: &ListQuery) -> Page {
     let mut items: Vec<SandboxRecord> = records
         .into_iter()
         .filter(|r| {
-            let Some(name) = r.state.e2b_name() else {
+            let Some(name) = r.state.e2b_name().filter(|_| !r.internal) else {
                 return false;
             };
             (q.states.is_empty() || q.states.iter().any(|s| s == name))
@@ -115,6 +115,9 @@ mod tests {
             on_timeout: OnTimeout::Kill,
             net_slot: Some(0),
             agent_ip: std::net::Ipv4Addr::LOCALHOST,
+            rootfs: "base-v1".into(),
+            workdir: None,
+            internal: false,
             reservation: None,
         }
     }

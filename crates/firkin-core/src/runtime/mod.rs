@@ -9,6 +9,7 @@ mod ops;
 mod pause;
 mod reconcile;
 mod snapshot;
+mod template;
 #[cfg(test)]
 mod tests;
 
@@ -20,6 +21,7 @@ pub use create::CreateSandbox;
 pub use error::RuntimeError;
 pub use list::{ListQuery, Page};
 pub use ops::{ConnectOutcome, SandboxRoute};
+pub use template::{BuildError, BuildProgress, ProgressFn};
 
 use crate::admission::queue::Admission;
 use crate::agent_client::AgentClient;
@@ -50,6 +52,10 @@ struct Inner {
     agent: AgentClient,
     admission: Admission,
     snapshots: Arc<crate::snapshot::SnapshotStore>,
+    /// Built template artifacts.
+    template_store: Arc<crate::snapshot::SnapshotStore>,
+    /// One build per template name at a time (a create of a built-in waits for its build).
+    build_locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// SHA-256 of the agent binary: images taken with another build cannot be restored.
     agent_sha256: String,
     table: Mutex<BTreeMap<SandboxId, SandboxRecord>>,
@@ -67,7 +73,8 @@ impl Runtime {
     pub fn new(config: RuntimeConfig, engine: Arc<dyn Engine>, network: Arc<dyn Network>) -> Runtime {
         let templates = TemplateCatalog::new(config.layout.clone());
         let admission = Admission::new(config.capacity, config.max_queue);
-        let snapshots = Arc::new(crate::snapshot::SnapshotStore::new(config.layout.clone()));
+        let snapshots = Arc::new(crate::snapshot::SnapshotStore::snapshots(&config.layout));
+        let template_store = Arc::new(crate::snapshot::SnapshotStore::templates(&config.layout));
         let agent_sha256 =
             crate::snapshot::sha256_file(&config.agent_path).map(|(_, d)| d).unwrap_or_default();
         Runtime {
@@ -80,6 +87,8 @@ impl Runtime {
                 agent: AgentClient::new(),
                 admission,
                 snapshots,
+                template_store,
+                build_locks: Mutex::new(BTreeMap::new()),
                 agent_sha256,
                 table: Mutex::new(BTreeMap::new()),
                 slots: Mutex::new(SlotAllocator::new(NET_SLOTS)),

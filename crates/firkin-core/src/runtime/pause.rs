@@ -18,7 +18,6 @@ use crate::lifecycle::{LifecycleEvent, SandboxState};
 use crate::record::SandboxRecord;
 use crate::samples::SampleName;
 use crate::snapshot::{check_dir, digest_dir, FileDigest};
-use crate::template::BASE_ROOTFS;
 
 /// How many checkpoints a pause takes before giving up (see `checkpoint_verified`).
 const CHECKPOINT_ATTEMPTS: u32 = 3;
@@ -121,29 +120,40 @@ impl Runtime {
         }
     }
 
-    /// Checkpoints the sandbox (which keeps running) into a staging directory, proves the image
-    /// restorable by restoring it once into a throwaway sandbox, and publishes it. An image
-    /// whose restored agent does not answer is retaken (the source is still running).
-    ///
-    /// Why: in about 1-2 % of pause cycles under SDK traffic, an image restores into an agent
-    /// that never answers, and restoring it again fails the same way; publishing it would lose
-    /// the sandbox. The cause is not understood yet (see docs/design.md); once a sandbox is in
-    /// that state, retaken checkpoints fail too, and the pause fails with the sandbox running.
+    /// Checkpoints the sandbox into the pause staging directory, proven restorable, and
+    /// publishes it with its integrity record.
     async fn checkpoint_verified(&self, rec: &SandboxRecord) -> Result<(), RuntimeError> {
         let image = self.inner.config.layout.pause_image(rec.id.as_str());
         let parent = image.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
         let tmp = parent.join(format!(".{}.tmp", rec.id));
+        self.checkpoint_proven(rec, &tmp).await?;
+        self.publish_pause_image(&rec.id, &tmp, &image).await
+    }
+
+    /// Checkpoints the sandbox (which keeps running) into `tmp` and proves the image restorable
+    /// by restoring it once into a throwaway sandbox. An image whose restored agent does not
+    /// answer is retaken (the source is still running). Used by pause, snapshots and templates.
+    ///
+    /// Why: in about 1-2 % of pause cycles under SDK traffic, an image restores into an agent
+    /// that never answers, and restoring it again fails the same way; publishing it would lose
+    /// the sandbox. The cause is not understood yet (see docs/design.md); once a sandbox is in
+    /// that state, retaken checkpoints fail too, and the operation fails with the sandbox running.
+    pub(super) async fn checkpoint_proven(
+        &self,
+        rec: &SandboxRecord,
+        tmp: &std::path::Path,
+    ) -> Result<(), RuntimeError> {
         for attempt in 1..=CHECKPOINT_ATTEMPTS {
-            self.checkpoint_staged(&rec.id, &tmp).await?;
-            if self.probe_image(rec, &tmp).await {
-                return self.publish_pause_image(&rec.id, &tmp, &image).await;
+            self.checkpoint_staged(&rec.id, tmp).await?;
+            if self.probe_image(rec, tmp).await {
+                return Ok(());
             }
             tracing::warn!(sandbox = %rec.id, attempt, "checkpoint did not restore to a live agent; retaking it");
-            let _ = std::fs::remove_dir_all(&tmp);
+            let _ = std::fs::remove_dir_all(tmp);
             tokio::time::sleep(SETTLE).await;
         }
         Err(RuntimeError::Internal(format!(
-            "pause of {}: no restorable checkpoint after {CHECKPOINT_ATTEMPTS} attempts; the sandbox keeps running",
+            "checkpoint of {}: no restorable image after {CHECKPOINT_ATTEMPTS} attempts; the sandbox keeps running",
             rec.id
         )))
     }
@@ -178,7 +188,7 @@ impl Runtime {
             return true;
         };
         let plan = super::create::BootPlan {
-            rootfs: self.inner.config.layout.rootfs_dir(BASE_ROOTFS),
+            rootfs: self.inner.config.layout.rootfs_dir(&rec.rootfs),
             slot,
             cpu: rec.cpu_count,
             mem: rec.memory_mb,
@@ -271,7 +281,7 @@ impl Runtime {
         };
         // The pause's engine teardown may still be running.
         drop(self.engine_lock(&id).lock().await);
-        let rootfs = self.inner.config.layout.rootfs_dir(BASE_ROOTFS);
+        let rootfs = self.inner.config.layout.rootfs_dir(&rec.rootfs);
         let restored = self
             .boot_and_init(
                 &id,

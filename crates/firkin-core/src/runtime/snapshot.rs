@@ -44,21 +44,35 @@ impl Runtime {
                 },
             });
         }
+        let store = Arc::clone(&self.inner.snapshots);
+        let names: Vec<String> = name.into_iter().collect();
+        self.capture(&rec, &store, SnapshotStore::new_id("snap"), |m| m.names = names).await
+    }
+
+    /// Checkpoints a running sandbox (which keeps running; no traffic is routed to it while the
+    /// image is saved) into `store` as artifact `artifact_id`, proven restorable, with a manifest
+    /// describing the sandbox that `customize` may amend before it is published.
+    pub(super) async fn capture(
+        &self,
+        rec: &SandboxRecord,
+        store: &Arc<SnapshotStore>,
+        artifact_id: String,
+        customize: impl FnOnce(&mut SnapshotManifest),
+    ) -> Result<SnapshotManifest, RuntimeError> {
         let rec = self.transition(&rec.id, LifecycleEvent::BeginSnapshot)?;
         let started = Instant::now();
         self.cut_traffic(&rec.id, false);
         self.wait_for_quiet(&rec).await;
-        let snapshot_id = SnapshotStore::new_id();
-        let saved = self.checkpoint_staged(&rec.id, &self.inner.snapshots.staging_dir(&snapshot_id)).await;
+        let saved = self.checkpoint_proven(&rec, &store.staging_dir(&artifact_id)).await;
         self.transition(
             &rec.id,
             if saved.is_ok() { LifecycleEvent::SnapshotDone } else { LifecycleEvent::Fail },
         )?;
         saved?;
-        let manifest = SnapshotManifest {
+        let mut manifest = SnapshotManifest {
             format: SNAPSHOT_FORMAT,
-            snapshot_id: snapshot_id.clone(),
-            names: name.into_iter().collect(),
+            snapshot_id: artifact_id.clone(),
+            names: Vec::new(),
             source_sandbox_id: rec.id.to_string(),
             template_id: rec.template_id.clone(),
             created_at: OffsetDateTime::now_utc(),
@@ -70,14 +84,19 @@ impl Runtime {
             access_token: rec.access_token.clone(),
             agent_sha256: self.inner.agent_sha256.clone(),
             files: Vec::new(),
+            rootfs: rec.rootfs.clone(),
+            rootfs_id: self.inner.templates.rootfs(&rec.rootfs).map(|r| r.id).unwrap_or_default(),
+            workdir: rec.workdir.clone(),
+            template: None,
         };
-        let store = Arc::clone(&self.inner.snapshots);
+        customize(&mut manifest);
+        let store = Arc::clone(store);
         let published = tokio::task::spawn_blocking(move || store.publish(manifest))
             .await
             .map_err(|e| RuntimeError::Internal(format!("snapshot publish task: {e}")))?
             .map_err(|source| RuntimeError::Snapshot { source })?;
         self.inner.samples.record(SampleName::SnapshotSave, started.elapsed());
-        tracing::info!(sandbox = %rec.id, snapshot = %snapshot_id, took = ?started.elapsed(), "snapshot saved");
+        tracing::info!(sandbox = %rec.id, artifact = %artifact_id, took = ?started.elapsed(), "checkpoint saved");
         Ok(published)
     }
 

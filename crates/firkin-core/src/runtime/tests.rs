@@ -20,6 +20,13 @@ fn runtime(tag: u8, engine: Arc<FakeEngine>) -> (Runtime, std::path::PathBuf) {
     (Runtime::new(cfg, engine, net), dir)
 }
 
+/// Fake agents answering at the first `n` network slots of test network `tag`.
+async fn agents(tag: u8, n: u32) {
+    for slot in 0..n {
+        fake_agent(crate::network::slots::slot_addrs(Ipv4Addr::new(127, 201, tag, 0), slot).1).await;
+    }
+}
+
 fn req() -> CreateSandbox {
     CreateSandbox { template_id: "base".into(), timeout: Some(Duration::from_secs(60)), ..Default::default() }
 }
@@ -28,7 +35,7 @@ fn req() -> CreateSandbox {
 async fn create_persists_and_kill_releases_everything() {
     let engine = Arc::new(FakeEngine::default());
     let (rt, dir) = runtime(1, engine.clone());
-    fake_agent(Ipv4Addr::new(127, 201, 1, 2)).await;
+    agents(1, 8).await;
     let rec = rt.create(req()).await.unwrap();
     assert_eq!(rec.state, crate::lifecycle::SandboxState::Running);
     assert!(rt.config().layout.sandbox_record(rec.id.as_str()).exists());
@@ -90,7 +97,7 @@ async fn validation_errors_are_typed() {
 #[tokio::test]
 async fn timeouts_extend_and_expire() {
     let (rt, dir) = runtime(5, Arc::new(FakeEngine::default()));
-    fake_agent(Ipv4Addr::new(127, 201, 5, 2)).await;
+    agents(5, 8).await;
     let rec = rt.create(req()).await.unwrap();
     let id = rec.id.to_string();
     let shorter = rt.set_timeout(&id, Duration::from_secs(1)).unwrap();
@@ -131,9 +138,7 @@ async fn oversized_create_is_rejected_by_admission() {
 async fn pause_frees_the_slot_and_connect_resumes() {
     let engine = Arc::new(FakeEngine::default());
     let (rt, dir) = runtime(8, engine.clone());
-    for slot in 0..3 {
-        fake_agent(crate::network::slots::slot_addrs(Ipv4Addr::new(127, 201, 8, 0), slot).1).await;
-    }
+    agents(8, 8).await;
     let rec = rt.create(req()).await.unwrap();
     let id = rec.id.to_string();
     rt.pause(&id).await.unwrap();
@@ -163,9 +168,7 @@ async fn pause_frees_the_slot_and_connect_resumes() {
 async fn restart_readopts_paused_and_cleans_running() {
     let engine = Arc::new(FakeEngine::default());
     let (rt, dir) = runtime(9, engine.clone());
-    for slot in 0..4 {
-        fake_agent(crate::network::slots::slot_addrs(Ipv4Addr::new(127, 201, 9, 0), slot).1).await;
-    }
+    agents(9, 8).await;
     let paused = rt.create(req()).await.unwrap();
     let running = rt.create(req()).await.unwrap();
     rt.pause(paused.id.as_str()).await.unwrap();
@@ -195,9 +198,7 @@ async fn restart_readopts_paused_and_cleans_running() {
 async fn snapshot_create_from_it_and_fork() {
     let engine = Arc::new(FakeEngine::default());
     let (rt, dir) = runtime(10, engine.clone());
-    for slot in 0..6 {
-        fake_agent(crate::network::slots::slot_addrs(Ipv4Addr::new(127, 201, 10, 0), slot).1).await;
-    }
+    agents(10, 8).await;
     let mut r = req();
     r.env_vars.insert("FROM".into(), "source".into());
     let src = rt.create(r).await.unwrap();

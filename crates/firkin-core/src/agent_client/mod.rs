@@ -1,4 +1,9 @@
-//! Host -> agent calls: readiness probe (`GET /health`) and `POST /init`.
+//! Host -> agent calls: readiness probe (`GET /health`), `POST /init`, metrics, and (in
+//! [`exec`]) commands and file writes for template builds.
+
+mod exec;
+
+pub use exec::{Command, ExecOutput};
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -132,7 +137,7 @@ impl AgentClient {
     }
 
     /// Sends a request and decodes a 2xx JSON answer; errors are described as text.
-    async fn call_json<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn call_json<T: serde::de::DeserializeOwned>(
         &self,
         addr: Ipv4Addr,
         request: Result<http::Request<Full<Bytes>>, http::Error>,
