@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything firkin and its test suite need, idempotently:
 #   - Debian packages: runsc (bookworm-backports), mmdebstrap, iproute2, iptables, curl, …
-#   - the default base template rootfs, built once into $FIRKIN_CACHE_DIR/rootfs/base-v1
+#   - the template rootfs directories, each built once into $FIRKIN_CACHE_DIR/rootfs/<name>:
+#     base-v1 (the default base) and code-interpreter-v1 (plus ipykernel, numpy, pandas,
+#     matplotlib and node, for the code-interpreter-v1 template)
 #   - a Python venv with the pinned E2B SDKs for the SDK-compatibility tests
 # Fast (well under a second) when everything is already present: each step checks first.
 # Must run as root. Safe to run concurrently (the rootfs and venv steps take a lock) and safe to
@@ -11,13 +13,15 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 CACHE_DIR="${FIRKIN_CACHE_DIR:-$HOME/.firkin/cache}"
-# Bump the name (base-v2, …) whenever the rootfs contents change, together with BASE_ROOTFS in
-# crates/firkin-core/src/template.rs: an existing cache is never rebuilt in place.
-ROOTFS_NAME="base-v1"
+# Bump a name (base-v2, …) whenever that rootfs's contents change, together with BASE_ROOTFS /
+# INTERPRETER_ROOTFS in crates/firkin-core/src/template/mod.rs: a cache is never rebuilt in place.
 ROOTFS_DIR="$CACHE_DIR/rootfs"
-ROOTFS="$ROOTFS_DIR/$ROOTFS_NAME"
 ROOTFS_MANIFEST=".firkin-rootfs.json" # inside the rootfs; written last, so it marks a complete build
-ROOTFS_PACKAGES="bash,coreutils,procps,python3,git,ca-certificates,curl,sudo,iproute2,less,findutils,grep,sed,tar,gzip"
+BASE_NAME="base-v1"
+BASE_PACKAGES="bash,coreutils,procps,python3,git,ca-certificates,curl,sudo,iproute2,less,findutils,grep,sed,tar,gzip"
+# The code-interpreter template: the base plus real Jupyter kernels' stack and node for JavaScript.
+INTERPRETER_NAME="code-interpreter-v1"
+INTERPRETER_PACKAGES="$BASE_PACKAGES,python3-ipykernel,python3-jupyter-client,python3-numpy,python3-pandas,python3-matplotlib,nodejs"
 DEBIAN_MIRROR="http://deb.debian.org/debian"
 VENV="${FIRKIN_VENV:-$REPO/.venv}"
 E2B_VERSION="2.63.0"
@@ -95,6 +99,8 @@ remove_tree() {
 }
 
 build_rootfs() {
+  local ROOTFS_NAME="$1" ROOTFS_PACKAGES="$2"
+  local ROOTFS="$ROOTFS_DIR/$ROOTFS_NAME"
   # Under the lock: nobody else is building, so any temp dir left is from an interrupted run.
   local stale
   for stale in "$ROOTFS_DIR"/."${ROOTFS_NAME}".*; do
@@ -109,7 +115,7 @@ build_rootfs() {
     mv -T "$ROOTFS" "$ROOTFS_DIR/.${ROOTFS_NAME}.stale-$$"
     remove_tree "$ROOTFS_DIR/.${ROOTFS_NAME}.stale-$$"
   fi
-  log "building base rootfs $ROOTFS (Debian bookworm, mmdebstrap)"
+  log "building rootfs $ROOTFS (Debian bookworm, mmdebstrap)"
   local tmp started
   started=$(date +%s)
   # Beside the target (same filesystem), so the final step is one atomic rename.
@@ -135,6 +141,17 @@ build_rootfs() {
       exit 1
     }
   done
+  case ",$ROOTFS_PACKAGES," in
+  *,python3-ipykernel,*)
+    for f in usr/bin/node usr/lib/python3/dist-packages/ipykernel usr/lib/python3/dist-packages/jupyter_client \
+      usr/lib/python3/dist-packages/pandas usr/lib/python3/dist-packages/matplotlib; do
+      [ -e "$tmp/root/$f" ] || {
+        echo "rootfs check failed: /$f missing" >&2
+        exit 1
+      }
+    done
+    ;;
+  esac
   if [ ! -d "$tmp/root/opt/firkin" ] || [ ! -d "$tmp/root/home/user" ]; then
     echo "rootfs check failed: /opt/firkin or /home/user missing" >&2
     exit 1
@@ -142,23 +159,26 @@ build_rootfs() {
   local pkgs_json
   pkgs_json="$(printf '%s' "$ROOTFS_PACKAGES" | sed 's/[^,][^,]*/"&"/g')"
   cat >"$tmp/root/$ROOTFS_MANIFEST" <<JSON
-{"format":1,"name":"base","version":"${ROOTFS_NAME}","debianSuite":"bookworm","packages":[${pkgs_json}],"builtAt":"$(date -u +%Y-%m-%dT%H:%M:%SZ)"}
+{"format":1,"name":"${ROOTFS_NAME%-v*}","version":"${ROOTFS_NAME}","debianSuite":"bookworm","packages":[${pkgs_json}],"builtAt":"$(date -u +%Y-%m-%dT%H:%M:%SZ)"}
 JSON
   sync -f "$tmp/root"
   mv -T "$tmp/root" "$ROOTFS"
   sync -f "$ROOTFS_DIR"
   rmdir "$tmp"
   trap - EXIT
-  log "base rootfs ready ($(($(date +%s) - started)) s)"
+  log "rootfs $ROOTFS_NAME ready ($(($(date +%s) - started)) s)"
 }
 
-if [ ! -e "$ROOTFS/$ROOTFS_MANIFEST" ]; then
+ensure_rootfs() {
+  [ -e "$ROOTFS_DIR/$1/$ROOTFS_MANIFEST" ] && return 0
   mkdir -p "$ROOTFS_DIR"
   exec 9>"$ROOTFS_DIR/.lock"
   flock 9
-  build_rootfs
+  build_rootfs "$1" "$2"
   exec 9>&-
-fi
+}
+ensure_rootfs "$BASE_NAME" "$BASE_PACKAGES"
+ensure_rootfs "$INTERPRETER_NAME" "$INTERPRETER_PACKAGES"
 
 # --- Python venv for the SDK tests -----------------------------------------------------------
 venv_ok() {
@@ -185,4 +205,4 @@ if ! venv_ok; then
   fi
   exec 9>&-
 fi
-log "ok: $(runsc --version | head -1); rootfs $ROOTFS; venv $VENV"
+log "ok: $(runsc --version | head -1); rootfs $ROOTFS_DIR/{$BASE_NAME,$INTERPRETER_NAME}; venv $VENV"

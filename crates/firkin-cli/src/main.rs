@@ -4,6 +4,7 @@ mod bench;
 mod doctor;
 mod serve;
 mod setup;
+mod template;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Measure lifecycle latencies and write a JSON report.
     Bench(bench::BenchArgs),
+    /// Build, list and remove templates on a running server.
+    Template(template::TemplateArgs),
     /// Check that this host can run firkin.
     Doctor(setup::HostArgs),
 }
@@ -37,5 +40,6 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => rt.block_on(serve::run(args)),
         Command::Bench(args) => rt.block_on(bench::run(args)),
         Command::Doctor(args) => doctor::run(&args),
+        Command::Template(args) => rt.block_on(template::run(args)),
     }
 }

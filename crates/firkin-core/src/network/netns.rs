@@ -67,7 +67,7 @@ impl Network for NetnsNetwork {
         let host_cidr = format!("{host_ip}/30");
         let sbx_cidr = format!("{sandbox_ip}/30");
         let host_s = host_ip.to_string();
-        let steps: [(&str, Vec<&str>); 7] = [
+        let steps: [(&str, Vec<&str>); 8] = [
             ("netns add", vec!["netns", "add", &ns]),
             (
                 "veth add",
@@ -77,6 +77,8 @@ impl Network for NetnsNetwork {
             ("host up", vec!["link", "set", &host_if, "up"]),
             ("sandbox addr", vec!["-n", &ns, "addr", "add", &sbx_cidr, "dev", &sbx_if]),
             ("sandbox up", vec!["-n", &ns, "link", "set", &sbx_if, "up"]),
+            // gVisor's netstack takes loopback over only if it is up: servers on localhost.
+            ("sandbox lo up", vec!["-n", &ns, "link", "set", "lo", "up"]),
             ("sandbox route", vec!["-n", &ns, "route", "add", "default", "via", &host_s]),
         ];
         for (op, args) in steps.iter() {
