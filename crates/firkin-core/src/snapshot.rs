@@ -3,7 +3,7 @@
 //! record (size + SHA-256 of every file). Published atomically (temp dir, fsync, rename);
 //! verified before restore; a mismatch is moved to quarantine and never restored.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -84,8 +84,29 @@ pub struct SnapshotStore {
     /// Published artifacts live in `root/<id>/`; staging in `root/.<id>.tmp`.
     root: PathBuf,
     quarantine: PathBuf,
-    /// Artifacts fully hashed since this process started (re-hashing on every create is waste).
-    verified: Mutex<HashSet<String>>,
+    /// Artifacts fully hashed since this process started, with each file's change stamp then:
+    /// re-hashing gigabytes on every create is waste, but a file changed since is re-hashed.
+    verified: Mutex<HashMap<String, Vec<ChangeStamp>>>,
+}
+
+/// What tells that a file changed without reading it: size, inode and ctime (which no
+/// ordinary write can leave unchanged or set back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeStamp {
+    size: u64,
+    ino: u64,
+    ctime: (i64, i64),
+}
+
+fn change_stamps(dir: &Path, files: &[FileDigest]) -> Vec<ChangeStamp> {
+    use std::os::unix::fs::MetadataExt;
+    files
+        .iter()
+        .map(|f| match fs::metadata(dir.join(&f.name)) {
+            Ok(md) => ChangeStamp { size: md.len(), ino: md.ino(), ctime: (md.ctime(), md.ctime_nsec()) },
+            Err(_) => ChangeStamp { size: u64::MAX, ino: 0, ctime: (0, 0) },
+        })
+        .collect()
 }
 
 /// SHA-256 (hex) of a file, streamed.
@@ -154,7 +175,7 @@ impl SnapshotStore {
     }
 
     fn at(root: PathBuf, quarantine: PathBuf) -> SnapshotStore {
-        SnapshotStore { root, quarantine, verified: Mutex::new(HashSet::new()) }
+        SnapshotStore { root, quarantine, verified: Mutex::new(HashMap::new()) }
     }
 
     /// A fresh artifact id (`<prefix>-<16 random chars>`, valid as a template id).
@@ -184,11 +205,12 @@ impl SnapshotStore {
         if let Ok(d) = fs::File::open(&self.root) {
             let _ = d.sync_all();
         }
-        self.lock_verified().insert(id);
+        let stamps = change_stamps(&dest, &manifest.files);
+        self.lock_verified().insert(id, stamps);
         Ok(manifest)
     }
 
-    fn lock_verified(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn lock_verified(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<ChangeStamp>>> {
         self.verified.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -229,13 +251,14 @@ impl SnapshotStore {
             return Err(SnapshotError::AgentMismatch { id: m.snapshot_id.clone() });
         }
         let dir = self.image_dir(&m.snapshot_id);
-        let full = !self.lock_verified().contains(&m.snapshot_id);
+        let stamps = change_stamps(&dir, &m.files);
+        let full = self.lock_verified().get(&m.snapshot_id) != Some(&stamps);
         if let Err(detail) = check_dir(&dir, &m.files, full) {
             self.quarantine(&m.snapshot_id);
             return Err(SnapshotError::Integrity { id: m.snapshot_id.clone(), detail });
         }
         if full {
-            self.lock_verified().insert(m.snapshot_id.clone());
+            self.lock_verified().insert(m.snapshot_id.clone(), stamps);
         }
         Ok(())
     }
@@ -296,8 +319,8 @@ mod tests {
         assert_eq!(s.find("named").unwrap().snapshot_id, "snap-1");
         assert!(s.verify(&m, "agent").is_ok());
         assert!(matches!(s.verify(&m, "other"), Err(SnapshotError::AgentMismatch { .. })));
-        // A fresh store (new process) re-hashes and catches a same-size mutation.
-        let s2 = SnapshotStore::at(s.root.clone(), s.quarantine.clone());
+        // The store hashed it once; a same-size mutation since changes its ctime and is re-hashed.
+        let s2 = &s;
         fs::write(s.image_dir("snap-1").join("checkpoint.img"), b"IMAGE BYTES").unwrap();
         assert!(matches!(s2.verify(&m, "agent"), Err(SnapshotError::Integrity { .. })));
         assert!(s2.find("snap-1").is_none(), "quarantined snapshots are gone from the store");

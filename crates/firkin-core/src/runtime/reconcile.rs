@@ -66,9 +66,9 @@ impl Runtime {
                     }
                 }
             }
-            // Snapshot staging dirs of checkpoints that never got published.
-            if let Ok(rd) = std::fs::read_dir(layout.snapshot_images_dir()) {
-                for entry in rd.flatten() {
+            // Snapshot and template staging dirs of checkpoints that never got published.
+            for dir in [layout.snapshot_images_dir(), layout.templates_dir()] {
+                for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                     if entry.file_name().to_string_lossy().starts_with('.') {
                         let _ = std::fs::remove_dir_all(entry.path());
                     }
