@@ -146,9 +146,12 @@ deadline = time.time() + 20
 while True:
     left = Sandbox.list(query=SandboxQuery(state=[SandboxState.RUNNING, SandboxState.PAUSED])).next_items()
     metrics = httpx.get(__import__("os").environ["E2B_API_URL"] + "/metrics", timeout=10).text
-    used = [l for l in metrics.splitlines() if l.startswith("firkin_capacity_used") and not l.endswith(" 0")]
+    # Warm-pool entries hold capacity by design; active and paused reservations must be gone.
+    used = [l for l in metrics.splitlines()
+            if l.startswith(('firkin_reservations{class="active"}', 'firkin_reservations{class="paused"}'))
+            and not l.endswith(" 0")]
     if not left and not used:
-        print("none: the sandbox list is empty and no capacity is reserved")
+        print("none: the sandbox list is empty and no active or paused capacity is reserved")
         break
     if time.time() > deadline:
         for s in left:

@@ -29,8 +29,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.start_background();
     // Built-in templates are built (or rebuilt, after an upgrade) in the background; a create
     // of one that is not ready yet waits for its build.
+    // The warm pool fills once its template is ready.
     let prep = runtime.clone();
-    tokio::spawn(async move { prep.prepare_builtin_templates().await });
+    tokio::spawn(async move {
+        prep.prepare_builtin_templates().await;
+        prep.start_warm_pool();
+    });
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -43,6 +47,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let app = firkin_server::app(AppState::new(runtime.clone(), api_key));
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    runtime.stop_warm_pool().await;
     let n = runtime.shutdown().await;
     tracing::info!(killed = n, "server stopped; running sandboxes removed, paused ones kept");
     Ok(())

@@ -22,6 +22,26 @@ pub struct HostArgs {
     /// First address of the range carved into per-sandbox /30 networks (a /16 is used).
     #[arg(long, env = "FIRKIN_SUBNET_BASE", default_value = "10.210.0.0")]
     pub subnet_base: Ipv4Addr,
+    /// Warm-pool depth per template: `template=N,...` (`none` for no pool).
+    #[arg(long, env = "FIRKIN_WARM_POOL", default_value = "base=2,code-interpreter-v1=1", value_parser = parse_warm_pool)]
+    pub warm_pool: std::collections::BTreeMap<String, usize>,
+}
+
+/// Parses `base=2,code-interpreter-v1=1` (or `none` / empty).
+fn parse_warm_pool(s: &str) -> Result<std::collections::BTreeMap<String, usize>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    if s.trim().is_empty() || s.trim() == "none" {
+        return Ok(out);
+    }
+    for part in s.split(',') {
+        let (name, n) = part.split_once('=').ok_or_else(|| format!("expected template=N, got {part:?}"))?;
+        let n: usize = n.trim().parse().map_err(|e| format!("{part:?}: {e}"))?;
+        if n > 64 {
+            return Err(format!("{part:?}: at most 64 warm sandboxes per template"));
+        }
+        out.insert(name.trim().to_owned(), n);
+    }
+    Ok(out)
 }
 
 impl HostArgs {
@@ -47,6 +67,7 @@ impl HostArgs {
         let layout = Layout::from_env();
         let mut config = RuntimeConfig::new(layout.clone(), self.agent_path()?);
         config.runsc_path = self.runsc.clone();
+        config.warm_pool = self.warm_pool.clone();
         let engine = Arc::new(RunscEngine::new(self.runsc.clone(), layout.runsc_root()));
         // runsc leaves its sandbox processes orphaned; reap them promptly (fast `runsc delete`).
         firkin_core::engine::reaper::adopt_runsc_orphans();

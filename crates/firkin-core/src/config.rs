@@ -94,6 +94,8 @@ pub struct RuntimeConfig {
     pub max_queue: usize,
     /// Longest a create waits for capacity before a 503.
     pub admission_wait: Duration,
+    /// Warm-pool depth per template id (0 or absent: no pool).
+    pub warm_pool: std::collections::BTreeMap<String, usize>,
 }
 
 impl RuntimeConfig {
@@ -115,6 +117,7 @@ impl RuntimeConfig {
             capacity: crate::admission::host::host_capacity(&layout_state, 16),
             max_queue: 64,
             admission_wait: Duration::from_secs(30),
+            warm_pool: std::collections::BTreeMap::new(),
         }
     }
 }

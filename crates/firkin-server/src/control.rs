@@ -228,6 +228,10 @@ async fn metrics(State(st): State<AppState>) -> Response {
     for (class, n) in [("active", a.active), ("warm", a.warm), ("paused", a.paused)] {
         text.push_str(&format!("firkin_reservations{{class=\"{class}\"}} {n}\n"));
     }
+    text.push_str("# HELP firkin_warm_pool_ready Pre-restored sandboxes ready for checkout, by template.\n# TYPE firkin_warm_pool_ready gauge\n");
+    for (template, n) in st.runtime.warm_stats().ready {
+        text.push_str(&format!("firkin_warm_pool_ready{{template=\"{template}\"}} {n}\n"));
+    }
     text.push_str(&format!("# HELP firkin_admission_queue_depth Creates waiting for capacity.\n# TYPE firkin_admission_queue_depth gauge\nfirkin_admission_queue_depth {}\n", a.waiting));
     text.push_str("# HELP firkin_admission_rejected_total Creates rejected by admission, by reason.\n# TYPE firkin_admission_rejected_total counter\n");
     for (reason, n) in &a.rejected {

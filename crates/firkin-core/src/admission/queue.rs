@@ -149,6 +149,15 @@ impl Admission {
         result
     }
 
+    /// Reserves `req` for `class` only if it fits now, evicting nothing (warm-pool refills:
+    /// they never wait and never displace anything).
+    pub fn try_reserve_now(&self, req: Resources, class: Class) -> Option<ReservationId> {
+        match self.lock().ledger.try_reserve(req, class) {
+            Decision::Admitted(id) => Some(id),
+            _ => None,
+        }
+    }
+
     /// Returns a reservation's capacity and wakes waiters. A second release is an error.
     pub fn release(&self, id: ReservationId) -> Result<Resources, LedgerError> {
         let r = self.lock().ledger.release(id);

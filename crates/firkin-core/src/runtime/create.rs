@@ -84,8 +84,14 @@ impl Runtime {
         self.check_request(&req)?;
         if let Some(m) = self.template_artifact(&req.template_id).await? {
             let image = self.inner.template_store.image_dir(&m.snapshot_id);
-            let template_id = req.template_id.clone();
-            return self.launch(req, Source::restore(&m, image, template_id)).await;
+            let source = Source::restore(&m, image, req.template_id.clone());
+            if let Some(entry) = self.checkout_warm(&req.template_id, &m) {
+                match self.adopt_warm(&req, &source, entry).await {
+                    Ok(rec) => return Ok(rec),
+                    Err(e) => tracing::warn!(error = %e, "warm checkout failed; restoring instead"),
+                }
+            }
+            return self.launch(req, source).await;
         }
         if let Some(m) = self.inner.snapshots.find(&req.template_id) {
             let verify = self.inner.snapshots.verify(&m, &self.inner.agent_sha256);
@@ -125,9 +131,7 @@ impl Runtime {
         let id = SandboxId::generate();
         let want = Resources::new(cpu_count, memory_mb, cfg.disk_size_mb);
         let grant = self.inner.admission.reserve(want, Class::Active, cfg.admission_wait).await?;
-        if !grant.evicted.is_empty() {
-            tracing::info!(evicted = grant.evicted.len(), "evicted warm reservations for an active create");
-        }
+        self.discard_evicted(&grant.evicted);
         let Some(slot) = self.slots().take() else {
             let _ = self.inner.admission.release(grant.id);
             return Err(RuntimeError::Network {
@@ -135,28 +139,7 @@ impl Runtime {
                 source: crate::network::NetworkError::Exhausted(super::NET_SLOTS),
             });
         };
-        let now = OffsetDateTime::now_utc();
-        let record = SandboxRecord {
-            format: RECORD_FORMAT,
-            id: id.clone(),
-            template_id: source.template_id.clone(),
-            state: SandboxState::Creating,
-            metadata: req.metadata,
-            env_vars: source.base_env.into_iter().chain(req.env_vars).collect(),
-            started_at: now,
-            end_at: now + timeout,
-            cpu_count,
-            memory_mb,
-            disk_size_mb: cfg.disk_size_mb,
-            access_token: generate_secret(),
-            on_timeout: req.on_timeout.unwrap_or(OnTimeout::Kill),
-            net_slot: Some(slot),
-            agent_ip: std::net::Ipv4Addr::UNSPECIFIED,
-            rootfs: source.rootfs_name.clone(),
-            workdir: source.workdir.clone(),
-            internal: source.internal,
-            reservation: Some(grant.id),
-        };
+        let record = self.new_record(&id, &req, &source, (cpu_count, memory_mb), (slot, grant.id), timeout);
         self.table().insert(id.clone(), record);
 
         let booted = self
@@ -187,6 +170,75 @@ impl Runtime {
         // A create that took long still gets its full timeout from now.
         let rec = self.update(&id, |r| r.end_at = OffsetDateTime::now_utc() + timeout).unwrap_or(rec);
         tracing::info!(sandbox = %id, template = %rec.template_id, "sandbox running");
+        Ok(rec)
+    }
+
+    /// The record of a new sandbox, `Creating`, holding `slot` and `reservation`.
+    fn new_record(
+        &self,
+        id: &SandboxId,
+        req: &CreateSandbox,
+        source: &Source,
+        (cpu_count, memory_mb): (u32, u32),
+        (slot, reservation): (u32, u64),
+        timeout: Duration,
+    ) -> SandboxRecord {
+        let now = OffsetDateTime::now_utc();
+        SandboxRecord {
+            format: RECORD_FORMAT,
+            id: id.clone(),
+            template_id: source.template_id.clone(),
+            state: SandboxState::Creating,
+            metadata: req.metadata.clone(),
+            env_vars: source.base_env.clone().into_iter().chain(req.env_vars.clone()).collect(),
+            started_at: now,
+            end_at: now + timeout,
+            cpu_count,
+            memory_mb,
+            disk_size_mb: self.inner.config.disk_size_mb,
+            access_token: generate_secret(),
+            on_timeout: req.on_timeout.unwrap_or(OnTimeout::Kill),
+            net_slot: Some(slot),
+            agent_ip: std::net::Ipv4Addr::UNSPECIFIED,
+            rootfs: source.rootfs_name.clone(),
+            workdir: source.workdir.clone(),
+            internal: source.internal,
+            reservation: Some(reservation),
+        }
+    }
+
+    /// Turns a checked-out warm sandbox into the requested one: its record, then `/init` with
+    /// this sandbox's token and env. On failure everything it held is released.
+    async fn adopt_warm(
+        &self,
+        req: &CreateSandbox,
+        source: &Source,
+        e: super::warm::WarmEntry,
+    ) -> Result<SandboxRecord, RuntimeError> {
+        let started = Instant::now();
+        let timeout = self.clamp_timeout(req.timeout)?;
+        let cfg = &self.inner.config;
+        let resources = (
+            source.cpu_count.unwrap_or(cfg.default_cpu_count),
+            source.memory_mb.unwrap_or(cfg.default_memory_mb),
+        );
+        let mut record = self.new_record(&e.id, req, source, resources, (e.slot, e.reservation), timeout);
+        record.agent_ip = e.ip;
+        self.table().insert(e.id.clone(), record);
+        let init = async {
+            self.persist(&e.id)?;
+            self.init_agent(&e.id, source.restored_token.as_deref()).await
+        };
+        if let Err(err) = init.await {
+            self.table().remove(&e.id);
+            let _ = std::fs::remove_file(cfg.layout.sandbox_record(e.id.as_str()));
+            self.discard(e, true);
+            return Err(err);
+        }
+        let rec = self.transition(&e.id, LifecycleEvent::Ready)?;
+        let rec = self.update(&e.id, |r| r.end_at = OffsetDateTime::now_utc() + timeout).unwrap_or(rec);
+        self.inner.samples.record(SampleName::WarmPoolCheckout, started.elapsed());
+        tracing::info!(sandbox = %e.id, template = %rec.template_id, took = ?started.elapsed(), "sandbox running (warm pool)");
         Ok(rec)
     }
 

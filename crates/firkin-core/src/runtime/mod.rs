@@ -12,6 +12,7 @@ mod snapshot;
 mod template;
 #[cfg(test)]
 mod tests;
+mod warm;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -22,6 +23,7 @@ pub use error::RuntimeError;
 pub use list::{ListQuery, Page};
 pub use ops::{ConnectOutcome, SandboxRoute};
 pub use template::{BuildError, BuildProgress, ProgressFn};
+pub use warm::WarmStats;
 
 use crate::admission::queue::Admission;
 use crate::agent_client::AgentClient;
@@ -56,6 +58,9 @@ struct Inner {
     template_store: Arc<crate::snapshot::SnapshotStore>,
     /// One build per template name at a time (a create of a built-in waits for its build).
     build_locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Pre-restored sandboxes per template, and the supervisor's wake-up.
+    warm: Mutex<warm::WarmPools>,
+    warm_wake: tokio::sync::Notify,
     /// SHA-256 of the agent binary: images taken with another build cannot be restored.
     agent_sha256: String,
     table: Mutex<BTreeMap<SandboxId, SandboxRecord>>,
@@ -89,6 +94,8 @@ impl Runtime {
                 snapshots,
                 template_store,
                 build_locks: Mutex::new(BTreeMap::new()),
+                warm: Mutex::new(warm::WarmPools::default()),
+                warm_wake: tokio::sync::Notify::new(),
                 agent_sha256,
                 table: Mutex::new(BTreeMap::new()),
                 slots: Mutex::new(SlotAllocator::new(NET_SLOTS)),

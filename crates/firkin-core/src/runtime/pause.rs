@@ -265,7 +265,10 @@ impl Runtime {
         let want = Resources::new(rec.cpu_count, rec.memory_mb, rec.disk_size_mb);
         let grant =
             match self.inner.admission.reserve(want, Class::Active, self.inner.config.admission_wait).await {
-                Ok(g) => g,
+                Ok(g) => {
+                    self.discard_evicted(&g.evicted);
+                    g
+                }
                 Err(e) => {
                     let _ = self.transition(&id, LifecycleEvent::Fail);
                     return Err(e.into());

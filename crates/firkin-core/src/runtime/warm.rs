@@ -1,0 +1,253 @@
+//! The warm pool: per template, N sandboxes already restored from the template's checkpoint
+//! and readiness-checked, held under `Warm` reservations. A create of that template checks one
+//! out (a ledger promotion warm → active, then `/init` with the caller's token and env) instead
+//! of restoring; a supervisor refills pools in the background and stops cleanly. Warm entries
+//! never wait for or displace anything: active creates evict them first.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use super::create::BootPlan;
+use super::{Runtime, RuntimeError};
+use crate::admission::{Class, Resources};
+use crate::ids::SandboxId;
+use crate::snapshot::SnapshotManifest;
+
+/// How often the supervisor re-checks pools when nothing wakes it.
+const SWEEP: Duration = Duration::from_secs(2);
+/// After a failed refill, wait this long before retrying that template.
+const BACKOFF: Duration = Duration::from_secs(10);
+
+/// One pre-restored sandbox.
+#[derive(Debug, Clone)]
+pub(super) struct WarmEntry {
+    pub id: SandboxId,
+    pub slot: u32,
+    pub ip: Ipv4Addr,
+    pub reservation: u64,
+    /// The template artifact it was restored from (a rebuilt template makes it stale).
+    pub artifact: String,
+}
+
+/// Pool contents and supervisor state.
+#[derive(Debug, Default)]
+pub(super) struct WarmPools {
+    entries: BTreeMap<String, VecDeque<WarmEntry>>,
+    stopped: bool,
+    failed_at: BTreeMap<String, Instant>,
+}
+
+/// Pool depth per template, for gauges.
+#[derive(Debug, Clone, Default)]
+pub struct WarmStats {
+    pub ready: BTreeMap<String, usize>,
+}
+
+impl Runtime {
+    fn pools(&self) -> std::sync::MutexGuard<'_, WarmPools> {
+        self.inner.warm.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn warm_stats(&self) -> WarmStats {
+        let pools = self.pools();
+        WarmStats { ready: pools.entries.iter().map(|(k, v)| (k.clone(), v.len())).collect() }
+    }
+
+    /// Starts the refill supervisor (a no-op loop when no pool is configured).
+    pub fn start_warm_pool(&self) -> tokio::task::JoinHandle<()> {
+        let rt = self.clone();
+        tokio::spawn(async move { rt.warm_supervisor().await })
+    }
+
+    async fn warm_supervisor(&self) {
+        let targets: Vec<(String, usize)> = self
+            .inner
+            .config
+            .warm_pool
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| (k.clone(), *n))
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        loop {
+            for (template, target) in &targets {
+                if self.pools().stopped {
+                    return;
+                }
+                let recently_failed =
+                    self.pools().failed_at.get(template).is_some_and(|t| t.elapsed() < BACKOFF);
+                if !recently_failed {
+                    self.refill(template, *target).await;
+                }
+            }
+            if self.pools().stopped {
+                return;
+            }
+            let _ = tokio::time::timeout(SWEEP, self.inner.warm_wake.notified()).await;
+        }
+    }
+
+    /// Tops up one template's pool.
+    async fn refill(&self, template: &str, target: usize) {
+        let m = match self.template_artifact(template).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(template, error = %e, "warm pool: template not available");
+                self.pools().failed_at.insert(template.to_owned(), Instant::now());
+                return;
+            }
+        };
+        self.drop_stale(template, &m.snapshot_id);
+        loop {
+            let have = self.pools().entries.get(template).map_or(0, VecDeque::len);
+            if have >= target || self.pools().stopped {
+                return;
+            }
+            match self.restore_warm(&m).await {
+                Ok(Some(entry)) => {
+                    let mut pools = self.pools();
+                    if pools.stopped {
+                        drop(pools);
+                        self.discard(entry, true);
+                        return;
+                    }
+                    pools.entries.entry(template.to_owned()).or_default().push_back(entry);
+                }
+                // No free capacity: active work has it; try again later.
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(template, error = %e, "warm pool refill failed");
+                    self.pools().failed_at.insert(template.to_owned(), Instant::now());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Restores one warm sandbox from `m`; `None` when there is no capacity for it now.
+    async fn restore_warm(&self, m: &SnapshotManifest) -> Result<Option<WarmEntry>, RuntimeError> {
+        let want = Resources::new(m.cpu_count, m.memory_mb, m.disk_size_mb);
+        let Some(reservation) = self.inner.admission.try_reserve_now(want, Class::Warm) else {
+            return Ok(None);
+        };
+        let Some(slot) = self.slots().take() else {
+            let _ = self.inner.admission.release(reservation);
+            return Ok(None);
+        };
+        let id = SandboxId::generate();
+        let plan = BootPlan {
+            rootfs: self.inner.config.layout.rootfs_dir(&m.rootfs),
+            slot,
+            cpu: m.cpu_count,
+            mem: m.memory_mb,
+            image: Some(self.inner.template_store.image_dir(&m.snapshot_id)),
+            restored_token: Some(m.access_token.clone()),
+        };
+        let started = self.start_engine(&id, plan).await;
+        let ready = match started {
+            Ok(att) => self
+                .inner
+                .agent
+                .wait_ready(att.sandbox_ip, self.inner.config.ready_timeout)
+                .await
+                .map(|()| att.sandbox_ip)
+                .map_err(|source| RuntimeError::NotReady { id: id.to_string(), source }),
+            Err(e) => Err(e),
+        };
+        match ready {
+            Ok(ip) => Ok(Some(WarmEntry { id, slot, ip, reservation, artifact: m.snapshot_id.clone() })),
+            Err(e) => {
+                self.teardown(&id, Some(slot)).await;
+                let _ = self.inner.admission.release(reservation);
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes a warm sandbox of `template` restored from artifact `m`, promoted to an active
+    /// reservation. Wakes the supervisor to refill.
+    pub(super) fn checkout_warm(&self, template: &str, m: &SnapshotManifest) -> Option<WarmEntry> {
+        let entry = {
+            let mut pools = self.pools();
+            let queue = pools.entries.get_mut(template)?;
+            let pos = queue.iter().position(|e| e.artifact == m.snapshot_id)?;
+            queue.remove(pos)?
+        };
+        self.inner.warm_wake.notify_one();
+        let want = Resources::new(m.cpu_count, m.memory_mb, m.disk_size_mb);
+        if let Err(e) = self.inner.admission.reclassify(entry.reservation, Class::Active, want) {
+            // Evicted between the pop and the promotion: its sandbox is being discarded.
+            tracing::info!(sandbox = %entry.id, error = %e, "warm entry lost its reservation");
+            self.discard(entry, false);
+            return None;
+        }
+        Some(entry)
+    }
+
+    /// Destroys the warm entries whose reservations the ledger evicted for active work.
+    pub(super) fn discard_evicted(&self, evicted: &[u64]) {
+        if evicted.is_empty() {
+            return;
+        }
+        let victims: Vec<WarmEntry> = {
+            let mut pools = self.pools();
+            let mut out = Vec::new();
+            for queue in pools.entries.values_mut() {
+                let (gone, kept): (VecDeque<_>, VecDeque<_>) =
+                    queue.drain(..).partition(|e| evicted.contains(&e.reservation));
+                *queue = kept;
+                out.extend(gone);
+            }
+            out
+        };
+        tracing::info!(evicted = victims.len(), "warm entries evicted for an active create");
+        for v in victims {
+            self.discard(v, false);
+        }
+    }
+
+    /// Drops entries restored from an older artifact of `template`.
+    fn drop_stale(&self, template: &str, artifact: &str) {
+        let stale: Vec<WarmEntry> = {
+            let mut pools = self.pools();
+            let Some(queue) = pools.entries.get_mut(template) else { return };
+            let (stale, fresh): (VecDeque<_>, VecDeque<_>) =
+                queue.drain(..).partition(|e| e.artifact != artifact);
+            *queue = fresh;
+            stale.into()
+        };
+        for e in stale {
+            self.discard(e, true);
+        }
+    }
+
+    /// Tears a warm entry down in the background; `release` its reservation too (unless the
+    /// ledger already dropped it).
+    pub(super) fn discard(&self, e: WarmEntry, release: bool) {
+        let rt = self.clone();
+        self.track_teardown(tokio::spawn(async move {
+            rt.teardown(&e.id, Some(e.slot)).await;
+            if release {
+                let _ = rt.inner.admission.release(e.reservation);
+            }
+        }));
+    }
+
+    /// Stops the supervisor and destroys every warm entry (server shutdown).
+    pub async fn stop_warm_pool(&self) {
+        let all: Vec<WarmEntry> = {
+            let mut pools = self.pools();
+            pools.stopped = true;
+            std::mem::take(&mut pools.entries).into_values().flatten().collect()
+        };
+        self.inner.warm_wake.notify_one();
+        for e in all {
+            self.discard(e, true);
+        }
+        self.drain_teardowns().await;
+    }
+}
