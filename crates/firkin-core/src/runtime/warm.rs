@@ -33,6 +33,8 @@ pub(super) struct WarmEntry {
 /// Pool contents and supervisor state.
 #[derive(Debug, Default)]
 pub(super) struct WarmPools {
+    /// Target depth per template (from the config; adjustable at run time).
+    targets: Option<BTreeMap<String, usize>>,
     entries: BTreeMap<String, VecDeque<WarmEntry>>,
     stopped: bool,
     failed_at: BTreeMap<String, Instant>,
@@ -60,19 +62,32 @@ impl Runtime {
         tokio::spawn(async move { rt.warm_supervisor().await })
     }
 
-    async fn warm_supervisor(&self) {
-        let targets: Vec<(String, usize)> = self
-            .inner
-            .config
-            .warm_pool
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| (k.clone(), *n))
-            .collect();
-        if targets.is_empty() {
-            return;
+    /// Sets one template's pool depth (0 drains it) and wakes the supervisor.
+    pub fn set_warm_target(&self, template: &str, depth: usize) {
+        let drained: Vec<WarmEntry> = {
+            let mut pools = self.pools();
+            let targets = pools.targets.get_or_insert_with(|| self.inner.config.warm_pool.clone());
+            targets.insert(template.to_owned(), depth);
+            let queue = pools.entries.entry(template.to_owned()).or_default();
+            let excess = queue.len().saturating_sub(depth);
+            queue.drain(..excess).collect()
+        };
+        for e in drained {
+            self.discard(e, true);
         }
+        self.inner.warm_wake.notify_one();
+    }
+
+    async fn warm_supervisor(&self) {
         loop {
+            let targets: Vec<(String, usize)> = {
+                let mut pools = self.pools();
+                if pools.stopped {
+                    return;
+                }
+                let t = pools.targets.get_or_insert_with(|| self.inner.config.warm_pool.clone());
+                t.iter().filter(|(_, n)| **n > 0).map(|(k, n)| (k.clone(), *n)).collect()
+            };
             for (template, target) in &targets {
                 if self.pools().stopped {
                     return;
@@ -82,9 +97,6 @@ impl Runtime {
                 if !recently_failed {
                     self.refill(template, *target).await;
                 }
-            }
-            if self.pools().stopped {
-                return;
             }
             let _ = tokio::time::timeout(SWEEP, self.inner.warm_wake.notified()).await;
         }
