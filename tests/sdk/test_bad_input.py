@@ -131,9 +131,13 @@ def test_killed_sandbox_traffic_gets_502_not_found(api):
 def test_unsupported_features_say_so(api, sandbox):
     r = api.post(f"/sandboxes/{sandbox.sandbox_id}/snapshots", headers=auth_headers(), json={"memory": False})
     assert r.status_code == 501 and "filesystem-only" in r.json()["message"]
+    body = {"templateID": "base", "allow_internet_access": True, "metadata": {}, "envVars": {}}
+    r = api.post("/v2/sandboxes", headers=auth_headers(), json=body)
+    assert r.status_code == 501 and "allow_internet_access" in r.json()["message"]
+    # autoResume is supported, but only together with autoPause (E2B's rule).
     body = {"templateID": "base", "autoResume": {"enabled": True}, "metadata": {}, "envVars": {}}
     r = api.post("/v2/sandboxes", headers=auth_headers(), json=body)
-    assert r.status_code == 501 and "autoResume" in r.json()["message"]
+    assert r.status_code == 400 and "autoResume" in r.json()["message"]
 
 
 def test_server_keeps_serving_after_bad_input(sandbox):

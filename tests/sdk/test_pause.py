@@ -20,7 +20,7 @@ def test_pause_resume_cycles_keep_processes_files_env_and_cwd(tag):
         pid = h.pid
         sbx.files.write("/home/user/state.txt", "before pause")
         last_tick = 0
-        for cycle in range(3):
+        for cycle in range(10):
             assert sbx.pause() is True
             assert sbx.pause() is False, "pausing a paused sandbox reports False"
             assert _state(sbx.sandbox_id) == SandboxState.PAUSED
@@ -64,6 +64,23 @@ def test_auto_pause_at_timeout_then_connect_resumes():
         resumed = Sandbox.connect(sbx.sandbox_id, timeout=60)
         assert resumed.files.read("/home/user/kept.txt") == "survives auto-pause"
         assert resumed.commands.run("echo back").stdout == "back\n"
+    finally:
+        Sandbox.kill(sbx.sandbox_id)
+
+
+def test_auto_resume_on_the_next_request():
+    sbx = Sandbox.create(timeout=4, lifecycle={"on_timeout": "pause", "auto_resume": True})
+    try:
+        h = sbx.commands.run("sleep 100000", background=True)
+        sbx.files.write("/home/user/kept.txt", "auto")
+        deadline = time.time() + 30
+        while time.time() < deadline and _state(sbx.sandbox_id) != SandboxState.PAUSED:
+            time.sleep(0.5)
+        assert _state(sbx.sandbox_id) == SandboxState.PAUSED
+        # No connect: the next sandbox request resumes it.
+        assert sbx.files.read("/home/user/kept.txt") == "auto"
+        assert _state(sbx.sandbox_id) == SandboxState.RUNNING
+        assert sbx.commands.run(f"ps -o pid= -p {h.pid} | tr -d ' '").stdout.strip() == str(h.pid)
     finally:
         Sandbox.kill(sbx.sandbox_id)
 

@@ -42,6 +42,9 @@ pub struct SandboxRecord {
     /// Default working directory of commands (a template's `workdir`); `None` = the user's home.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
+    /// A paused sandbox resumes on its next sandbox request (E2B `autoResume`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_resume: bool,
     /// Sandboxes the server runs for itself (template builds): never listed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub internal: bool,

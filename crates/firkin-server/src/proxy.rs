@@ -45,7 +45,7 @@ const HOP_BY_HOP: &[&str] = &[
 
 /// Proxies a request for sandbox `id`, port `port`.
 pub async fn to_sandbox(st: &AppState, id: &str, port: u16, req: Request) -> Response {
-    let Some(route) = st.runtime.route(id) else {
+    let Some(route) = st.runtime.route_or_resume(id).await else {
         return sandbox_not_found(id);
     };
     if port == ENVD_PORT && req.uri().path() == INIT_PATH {

@@ -203,6 +203,7 @@ impl Runtime {
             rootfs: source.rootfs_name.clone(),
             workdir: source.workdir.clone(),
             internal: source.internal,
+            auto_resume: req.auto_resume,
             reservation: Some(reservation),
         }
     }
@@ -244,8 +245,10 @@ impl Runtime {
 
     /// Checks what can be checked before the source is resolved (and perhaps built).
     fn check_request(&self, req: &CreateSandbox) -> Result<(), RuntimeError> {
-        if req.auto_resume {
-            return Err(RuntimeError::Unsupported { feature: "autoResume" });
+        if req.auto_resume && req.on_timeout != Some(OnTimeout::Pause) {
+            return Err(RuntimeError::InvalidRequest(
+                "autoResume needs lifecycle on_timeout=pause (autoPause)".into(),
+            ));
         }
         if req.allow_internet_access == Some(true) {
             return Err(RuntimeError::Unsupported {

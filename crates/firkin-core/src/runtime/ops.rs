@@ -209,6 +209,39 @@ impl Runtime {
         })
     }
 
+    /// Like [`Runtime::route`], but a paused sandbox created with `autoResume` is resumed first
+    /// (concurrent requests wait for the one resume). `None`: unknown, gone, or paused without
+    /// auto-resume, or the resume failed.
+    pub async fn route_or_resume(&self, id: &str) -> Option<SandboxRoute> {
+        if let Some(r) = self.route(id) {
+            return Some(r);
+        }
+        if !self.get_visible(id).ok()?.auto_resume {
+            return None;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.get_visible(id).ok()?.state {
+                SandboxState::Paused => {
+                    if let Err(e) = self.connect(id, None).await {
+                        tracing::warn!(sandbox = id, error = %e, "auto-resume failed");
+                    }
+                }
+                SandboxState::Running => return self.route(id),
+                SandboxState::Resuming | SandboxState::Pausing | SandboxState::Snapshotting => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                _ => return None,
+            }
+            if let Some(r) = self.route(id) {
+                return Some(r);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+        }
+    }
+
     /// Finds the running sandbox whose token validates a signed `/files` URL.
     pub fn route_by_file_signature(
         &self,

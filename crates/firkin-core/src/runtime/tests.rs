@@ -88,8 +88,10 @@ async fn validation_errors_are_typed() {
         .await
         .unwrap_err();
     assert!(matches!(too_long, RuntimeError::InvalidRequest(_)));
-    let pause = rt.create(CreateSandbox { auto_resume: true, ..req() }).await.unwrap_err();
-    assert!(matches!(pause, RuntimeError::Unsupported { .. }));
+    let resume = rt.create(CreateSandbox { auto_resume: true, ..req() }).await.unwrap_err();
+    assert!(matches!(resume, RuntimeError::InvalidRequest(_)), "autoResume needs autoPause: {resume}");
+    let egress = rt.create(CreateSandbox { allow_internet_access: Some(true), ..req() }).await.unwrap_err();
+    assert!(matches!(egress, RuntimeError::Unsupported { .. }));
     assert_eq!(rt.sandbox_count(), 0);
     let _ = std::fs::remove_dir_all(dir);
 }
