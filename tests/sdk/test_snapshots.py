@@ -95,3 +95,51 @@ def test_corrupted_snapshot_is_refused_and_quarantined():
         assert any(q.startswith(snap.snapshot_id) for q in quarantined)
     finally:
         src.kill()
+
+
+def test_continuation_of_a_stopped_and_an_idle_sandbox():
+    """`firkin.continuation=on`: a kill (stopped) or a timeout (idle) captures the sandbox; a
+    follow-up create of `continuation-<id>` restores it and reports the reason."""
+    stopped = Sandbox.create(timeout=120, metadata={"firkin.continuation": "on", "task": "t1"})
+    h = stopped.commands.run("sleep 100000", background=True)
+    stopped.files.write("/home/user/progress.txt", "half done")
+    stopped.kill()
+    follow = Sandbox.create(f"continuation-{stopped.sandbox_id}", timeout=60, metadata={"task": "t1-next"})
+    try:
+        info = follow.get_info()
+        assert info.metadata["firkin.continuation.reason"] == "stopped"
+        assert info.metadata["firkin.continuation.from"] == stopped.sandbox_id
+        assert info.metadata["task"] == "t1-next"
+        assert follow.files.read("/home/user/progress.txt") == "half done"
+        assert follow.commands.run(f"ps -o pid= -p {h.pid} | tr -d ' '").stdout.strip() == str(h.pid)
+    finally:
+        follow.kill()
+
+    idle = Sandbox.create(timeout=3, metadata={"firkin.continuation": "on"})
+    idle.files.write("/home/user/idle.txt", "was idle")
+    name = f"continuation-{idle.sandbox_id}"
+    import time
+    deadline = time.time() + 30
+    while time.time() < deadline and idle.is_running():
+        time.sleep(0.5)
+    assert not idle.is_running()
+    # The capture finishes a moment after the sandbox stops answering.
+    while True:
+        try:
+            again = Sandbox.create(name, timeout=60)
+            break
+        except SandboxException:
+            assert time.time() < deadline, "no continuation snapshot appeared"
+            time.sleep(0.25)
+    try:
+        assert again.get_info().metadata["firkin.continuation.reason"] == "idle"
+        assert again.files.read("/home/user/idle.txt") == "was idle"
+    finally:
+        again.kill()
+    for n in (f"continuation-{stopped.sandbox_id}", name):
+        assert Sandbox.delete_snapshot(n) is True
+
+    plain = Sandbox.create(timeout=30)
+    plain.kill()
+    with pytest.raises(SandboxException):
+        Sandbox.create(f"continuation-{plain.sandbox_id}")

@@ -91,7 +91,7 @@ async fn detail(
 }
 
 async fn kill(State(st): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    st.runtime.kill(&id).await?;
+    st.runtime.stop(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

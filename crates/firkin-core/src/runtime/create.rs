@@ -52,6 +52,8 @@ pub(super) struct Source {
     pub image: Option<std::path::PathBuf>,
     pub restored_token: Option<String>,
     pub base_env: BTreeMap<String, String>,
+    /// Metadata carried over from the artifact (a continuation's reason and source).
+    pub base_metadata: BTreeMap<String, String>,
     pub workdir: Option<String>,
     pub cpu_count: Option<u32>,
     pub memory_mb: Option<u32>,
@@ -68,6 +70,12 @@ impl Source {
             image: Some(image),
             restored_token: Some(m.access_token.clone()),
             base_env: m.env_vars.clone(),
+            base_metadata: m
+                .metadata
+                .iter()
+                .filter(|(k, _)| k.starts_with("firkin.continuation."))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             workdir: m.workdir.clone(),
             cpu_count: Some(m.cpu_count),
             memory_mb: Some(m.memory_mb),
@@ -189,7 +197,7 @@ impl Runtime {
             id: id.clone(),
             template_id: source.template_id.clone(),
             state: SandboxState::Creating,
-            metadata: req.metadata.clone(),
+            metadata: source.base_metadata.clone().into_iter().chain(req.metadata.clone()).collect(),
             env_vars: source.base_env.clone().into_iter().chain(req.env_vars.clone()).collect(),
             started_at: now,
             end_at: now + timeout,

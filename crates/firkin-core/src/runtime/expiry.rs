@@ -18,6 +18,7 @@ impl Runtime {
                 let result = match on_timeout {
                     OnTimeout::Kill => {
                         tracing::info!(sandbox = %id, "timeout reached; killing");
+                        self.capture_continuation(&id, super::continuation::StopReason::Idle).await;
                         self.kill(&id).await
                     }
                     OnTimeout::Pause => {

@@ -1,6 +1,7 @@
 //! The runtime: the one typed operation seam every front end uses. It owns the sandbox table,
 //! applies lifecycle transitions, persists records, and drives the engine and network seams.
 
+pub mod continuation;
 pub(crate) mod create;
 mod error;
 mod expiry;

@@ -214,6 +214,7 @@ impl Runtime {
             image: None,
             restored_token: None,
             base_env: BTreeMap::new(),
+            base_metadata: BTreeMap::new(),
             workdir: None,
             cpu_count: None,
             memory_mb: None,

@@ -1,0 +1,75 @@
+//! Continuation snapshots: a sandbox created with metadata `firkin.continuation=on` is captured
+//! when it stops (killed through the API: reason `stopped`) or idles out (its timeout passes:
+//! `idle`), as the snapshot `continuation-<sandbox id>`. A follow-up create with that name (or
+//! the snapshot id) restores it as a new sandbox whose metadata reports
+//! `firkin.continuation.reason` and `firkin.continuation.from`.
+
+use std::sync::Arc;
+
+use super::{Runtime, RuntimeError};
+use crate::lifecycle::SandboxState;
+use crate::snapshot::SnapshotStore;
+
+/// Metadata that opts a sandbox in.
+pub const CONTINUATION_KEY: &str = "firkin.continuation";
+/// Metadata of a follow-up: why its source ended, and which sandbox it was.
+pub const REASON_KEY: &str = "firkin.continuation.reason";
+pub const FROM_KEY: &str = "firkin.continuation.from";
+
+/// Why a sandbox ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// Killed through the API.
+    Stopped,
+    /// Its timeout passed.
+    Idle,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Stopped => "stopped",
+            StopReason::Idle => "idle",
+        }
+    }
+}
+
+/// The snapshot name of a sandbox's continuation.
+pub fn continuation_name(id: &str) -> String {
+    format!("continuation-{id}")
+}
+
+impl Runtime {
+    /// Kill through the API: captures a continuation first if the sandbox asked for one.
+    pub async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        self.capture_continuation(id, StopReason::Stopped).await;
+        self.kill(id).await
+    }
+
+    /// Captures `continuation-<id>` if the sandbox opted in and is running. Failures are logged:
+    /// the sandbox is ending either way.
+    pub(super) async fn capture_continuation(&self, id: &str, reason: StopReason) {
+        let Ok(rec) = self.get_visible(id) else { return };
+        if rec.state != SandboxState::Running
+            || rec.metadata.get(CONTINUATION_KEY).map(String::as_str) != Some("on")
+        {
+            return;
+        }
+        let store = Arc::clone(&self.inner.snapshots);
+        let name = continuation_name(id);
+        let source = id.to_owned();
+        let captured = self
+            .capture(&rec, &store, SnapshotStore::new_id("cont"), move |m| {
+                m.names = vec![name];
+                m.metadata.insert(REASON_KEY.into(), reason.as_str().into());
+                m.metadata.insert(FROM_KEY.into(), source);
+            })
+            .await;
+        match captured {
+            Ok(m) => {
+                tracing::info!(sandbox = id, snapshot = %m.snapshot_id, reason = reason.as_str(), "continuation captured")
+            }
+            Err(e) => tracing::warn!(sandbox = id, error = %e, "continuation capture failed"),
+        }
+    }
+}
