@@ -51,7 +51,54 @@ pub async fn to_sandbox(st: &AppState, id: &str, port: u16, req: Request) -> Res
     if port == ENVD_PORT && req.uri().path() == INIT_PATH {
         return ApiError::not_found("no such route").into_response();
     }
+    if let Some(refusal) = sync_refusal(st, &route, port, &req) {
+        return refusal;
+    }
     forward(st, &route, port, req).await
+}
+
+/// Files-API writes: uploads and the filesystem RPCs that change something.
+fn is_files_write(port: u16, req: &Request) -> bool {
+    let path = req.uri().path();
+    port == ENVD_PORT
+        && ((req.method() == axum::http::Method::POST && path == "/files")
+            || matches!(
+                path,
+                "/filesystem.Filesystem/MakeDir"
+                    | "/filesystem.Filesystem/Move"
+                    | "/filesystem.Filesystem/Remove"
+            ))
+}
+
+/// Refuses a files-API write while the sandbox's freshness sync runs (503, retry) or after it
+/// failed (409, with the sync's error). Reads always pass.
+fn sync_refusal(st: &AppState, route: &SandboxRoute, port: u16, req: &Request) -> Option<Response> {
+    use firkin_core::runtime::freshness::SyncState;
+    if !is_files_write(port, req) {
+        return None;
+    }
+    let (status, connect_code, message) = match st.runtime.sync_state(route.id.as_str())? {
+        SyncState::Running { checkout } => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("freshness sync of {checkout} is still running; writes are refused until it finishes"),
+        ),
+        SyncState::Failed { checkout, error } => (
+            axum::http::StatusCode::CONFLICT,
+            "aborted",
+            format!("freshness sync of {checkout} failed, so writes are refused: {error}"),
+        ),
+    };
+    let body = if req.uri().path() == "/files" {
+        serde_json::json!({"code": status.as_u16(), "message": message})
+    } else {
+        serde_json::json!({"code": connect_code, "message": message})
+    };
+    let mut resp = (status, axum::Json(body)).into_response();
+    if status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+    }
+    Some(resp)
 }
 
 /// Routes a signed `/files` URL that came without routing headers.
@@ -80,7 +127,10 @@ pub async fn signed_files(st: &AppState, req: Request) -> Response {
         Some(Err(_)) => return ApiError::bad_request("invalid signature_expiration").into_response(),
     };
     match st.runtime.route_by_file_signature(path, op, username, signature, expiration) {
-        Some(route) => forward(st, &route, ENVD_PORT, req).await,
+        Some(route) => match sync_refusal(st, &route, ENVD_PORT, &req) {
+            Some(refusal) => refusal,
+            None => forward(st, &route, ENVD_PORT, req).await,
+        },
         None => ApiError::unauthorized("invalid or expired file URL signature (or the sandbox is gone)")
             .into_response(),
     }

@@ -178,7 +178,8 @@ impl Runtime {
         // A create that took long still gets its full timeout from now.
         let rec = self.update(&id, |r| r.end_at = OffsetDateTime::now_utc() + timeout).unwrap_or(rec);
         tracing::info!(sandbox = %id, template = %rec.template_id, "sandbox running");
-        Ok(rec)
+        self.start_freshness_sync(&id);
+        Ok(self.get(&id).unwrap_or(rec))
     }
 
     /// The record of a new sandbox, `Creating`, holding `slot` and `reservation`.
@@ -248,7 +249,8 @@ impl Runtime {
         let rec = self.update(&e.id, |r| r.end_at = OffsetDateTime::now_utc() + timeout).unwrap_or(rec);
         self.inner.samples.record(SampleName::WarmPoolCheckout, started.elapsed());
         tracing::info!(sandbox = %e.id, template = %rec.template_id, took = ?started.elapsed(), "sandbox running (warm pool)");
-        Ok(rec)
+        self.start_freshness_sync(&e.id);
+        Ok(self.get(&e.id).unwrap_or(rec))
     }
 
     /// Checks what can be checked before the source is resolved (and perhaps built).

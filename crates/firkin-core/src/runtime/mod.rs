@@ -5,6 +5,7 @@ pub mod continuation;
 pub(crate) mod create;
 mod error;
 mod expiry;
+pub mod freshness;
 pub mod list;
 mod ops;
 mod pause;
@@ -62,6 +63,8 @@ struct Inner {
     /// Pre-restored sandboxes per template, and the supervisor's wake-up.
     warm: Mutex<warm::WarmPools>,
     warm_wake: tokio::sync::Notify,
+    /// Freshness syncs running or failed, per sandbox.
+    syncs: Mutex<BTreeMap<SandboxId, freshness::SyncState>>,
     /// SHA-256 of the agent binary: images taken with another build cannot be restored.
     agent_sha256: String,
     table: Mutex<BTreeMap<SandboxId, SandboxRecord>>,
@@ -97,6 +100,7 @@ impl Runtime {
                 build_locks: Mutex::new(BTreeMap::new()),
                 warm: Mutex::new(warm::WarmPools::default()),
                 warm_wake: tokio::sync::Notify::new(),
+                syncs: Mutex::new(BTreeMap::new()),
                 agent_sha256,
                 table: Mutex::new(BTreeMap::new()),
                 slots: Mutex::new(SlotAllocator::new(NET_SLOTS)),

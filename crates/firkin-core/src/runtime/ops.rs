@@ -112,6 +112,7 @@ impl Runtime {
         // streams already proxied end now rather than when the engine stops.
         self.table().remove(&id);
         self.cut_traffic(&id, true);
+        self.inner.syncs.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         let _ = std::fs::remove_file(self.inner.config.layout.sandbox_record(id.as_str()));
         tracing::info!(sandbox = %id, "sandbox killed");
         Ok((id, rec.net_slot, rec.reservation, started))
