@@ -34,6 +34,9 @@ cargo build --release --locked --bin firkin --bin firkin-agent
 # A fresh state dir per run, never under $TMPDIR; the cache (rootfs) is shared.
 mkdir -p /var/tmp
 RUN_DIR="$(mktemp -d /var/tmp/firkin-test.XXXXXX)"
+# Test machines may have little free disk; the production floors (10/10/20 GiB) would refuse
+# every create there. The floors themselves are tested by tests/sdk/test_disk_floor.py.
+export FIRKIN_DISK_FLOORS="${FIRKIN_DISK_FLOORS:-restore=256,snapshot=256,warm=512}"
 export FIRKIN_STATE_DIR="$RUN_DIR/state"
 BENCH_STATE_DIR="$RUN_DIR/bench-state"
 # Network namespaces are named fk-<owner>-<id>, owner = sha256(state dir)[..3 bytes].

@@ -25,6 +25,47 @@ pub struct HostArgs {
     /// Warm-pool depth per template: `template=N,...` (`none` for no pool).
     #[arg(long, env = "FIRKIN_WARM_POOL", default_value = "base=2,code-interpreter-v1=1", value_parser = parse_warm_pool)]
     pub warm_pool: std::collections::BTreeMap<String, usize>,
+    /// Free-space floors in MiB: `restore=N,snapshot=N,warm=N` (of the filesystem that holds the
+    /// artifact; below it the operation is refused with 507).
+    #[arg(long, env = "FIRKIN_DISK_FLOORS", default_value = "restore=10240,snapshot=10240,warm=20480", value_parser = parse_floors)]
+    pub disk_floors: firkin_core::runtime::disk::DiskFloors,
+    /// Override the capacity read from the host: `cpu=MILLI,memory=MiB,disk=MiB` (any subset;
+    /// cpu in milli-vCPU, already overcommitted).
+    #[arg(long, env = "FIRKIN_CAPACITY")]
+    pub capacity: Option<String>,
+}
+
+fn apply_capacity(
+    mut cap: firkin_core::admission::Resources,
+    spec: &str,
+) -> anyhow::Result<firkin_core::admission::Resources> {
+    for part in spec.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) =
+            part.split_once('=').with_context(|| format!("--capacity: expected key=N, got {part:?}"))?;
+        let v: u64 = v.trim().parse().with_context(|| format!("--capacity: {part:?}"))?;
+        match k.trim() {
+            "cpu" => cap.milli_cpu = v,
+            "memory" => cap.memory_mb = v,
+            "disk" => cap.disk_mb = v,
+            other => anyhow::bail!("--capacity: unknown resource {other:?} (cpu, memory, disk)"),
+        }
+    }
+    Ok(cap)
+}
+
+fn parse_floors(s: &str) -> Result<firkin_core::runtime::disk::DiskFloors, String> {
+    let mut f = firkin_core::runtime::disk::DiskFloors::default();
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| format!("expected op=MiB, got {part:?}"))?;
+        let v: u64 = v.trim().parse().map_err(|e| format!("{part:?}: {e}"))?;
+        match k.trim() {
+            "restore" => f.restore_mb = v,
+            "snapshot" => f.snapshot_mb = v,
+            "warm" => f.warm_mb = v,
+            other => return Err(format!("unknown floor {other:?} (restore, snapshot, warm)")),
+        }
+    }
+    Ok(f)
 }
 
 /// Parses `base=2,code-interpreter-v1=1` (or `none` / empty).
@@ -68,6 +109,10 @@ impl HostArgs {
         let mut config = RuntimeConfig::new(layout.clone(), self.agent_path()?);
         config.runsc_path = self.runsc.clone();
         config.warm_pool = self.warm_pool.clone();
+        config.disk_floors = self.disk_floors;
+        if let Some(spec) = &self.capacity {
+            config.capacity = apply_capacity(config.capacity, spec)?;
+        }
         let engine = Arc::new(RunscEngine::new(self.runsc.clone(), layout.runsc_root()));
         // runsc leaves its sandbox processes orphaned; reap them promptly (fast `runsc delete`).
         firkin_core::engine::reaper::adopt_runsc_orphans();

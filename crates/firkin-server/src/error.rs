@@ -85,6 +85,7 @@ impl From<RuntimeError> for ApiError {
             } => StatusCode::CONFLICT,
             RuntimeError::Snapshot { source: SnapshotError::Io { .. } } => StatusCode::INTERNAL_SERVER_ERROR,
             RuntimeError::Transition { .. } => StatusCode::CONFLICT,
+            RuntimeError::DiskFloor { .. } => StatusCode::INSUFFICIENT_STORAGE,
             RuntimeError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
             RuntimeError::Network { source: firkin_core::network::NetworkError::Exhausted(_), .. } => {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -25,6 +25,7 @@ async fn app(tag: u8) -> (Router, std::path::PathBuf) {
     let layout = Layout { state_dir: dir.join("state"), cache_dir: dir.join("cache") };
     std::fs::create_dir_all(layout.rootfs_dir(firkin_core::template::BASE_ROOTFS).join("bin")).unwrap();
     let mut cfg = RuntimeConfig::new(layout, "/nonexistent/agent");
+    cfg.disk_floors = firkin_core::runtime::disk::DiskFloors { restore_mb: 0, snapshot_mb: 0, warm_mb: 0 };
     cfg.ready_timeout = Duration::from_millis(500);
     let base = Ipv4Addr::new(127, 202, tag, 0);
     for slot in 0..10u32 {

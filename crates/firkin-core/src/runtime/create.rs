@@ -136,6 +136,9 @@ impl Runtime {
             )));
         }
 
+        if let Some(image) = &source.image {
+            self.check_disk_floor(super::disk::DiskOp::Restore, image)?;
+        }
         let id = SandboxId::generate();
         let want = Resources::new(cpu_count, memory_mb, cfg.disk_size_mb);
         let grant = self.inner.admission.reserve(want, Class::Active, cfg.admission_wait).await?;

@@ -42,6 +42,8 @@ pub enum RuntimeError {
     Snapshot { source: crate::snapshot::SnapshotError },
     #[error("persisting sandbox state: {0}")]
     Persist(#[from] AtomicWriteError),
+    #[error("{op} refused: only {free_mb} MiB free on the filesystem of {} (the floor is {floor_mb} MiB)", path.display())]
+    DiskFloor { op: &'static str, path: std::path::PathBuf, free_mb: u64, floor_mb: u64 },
     #[error("internal: {0}")]
     Internal(String),
 }

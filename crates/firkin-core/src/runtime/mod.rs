@@ -3,6 +3,7 @@
 
 pub mod continuation;
 pub(crate) mod create;
+pub mod disk;
 mod error;
 mod expiry;
 pub mod freshness;

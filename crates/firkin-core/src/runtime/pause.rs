@@ -65,6 +65,8 @@ impl Runtime {
         if matches!(rec.state, SandboxState::Paused | SandboxState::Pausing) {
             return Err(RuntimeError::AlreadyPaused(id.to_owned()));
         }
+        let image = self.inner.config.layout.pause_image(rec.id.as_str());
+        self.check_disk_floor(super::disk::DiskOp::SnapshotSave, &image)?;
         let rec = self.transition(&rec.id, LifecycleEvent::BeginPause)?;
         let started = Instant::now();
         // No new traffic is routed while pausing; end the streams in flight and give the agent
@@ -260,6 +262,7 @@ impl Runtime {
                 },
             });
         }
+        self.check_disk_floor(super::disk::DiskOp::Restore, &image)?;
         self.transition(&id, LifecycleEvent::BeginResume)?;
         let started = Instant::now();
         let want = Resources::new(rec.cpu_count, rec.memory_mb, rec.disk_size_mb);

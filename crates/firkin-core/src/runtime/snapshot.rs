@@ -59,6 +59,7 @@ impl Runtime {
         artifact_id: String,
         customize: impl FnOnce(&mut SnapshotManifest),
     ) -> Result<SnapshotManifest, RuntimeError> {
+        self.check_disk_floor(super::disk::DiskOp::SnapshotSave, &store.staging_dir(&artifact_id))?;
         let rec = self.transition(&rec.id, LifecycleEvent::BeginSnapshot)?;
         let started = Instant::now();
         self.cut_traffic(&rec.id, false);

@@ -15,6 +15,7 @@ fn runtime(tag: u8, engine: Arc<FakeEngine>) -> (Runtime, std::path::PathBuf) {
     let layout = Layout { state_dir: dir.join("state"), cache_dir: dir.join("cache") };
     std::fs::create_dir_all(layout.rootfs_dir(crate::template::BASE_ROOTFS).join("bin")).unwrap();
     let mut cfg = RuntimeConfig::new(layout, "/nonexistent/agent");
+    cfg.disk_floors = crate::runtime::disk::DiskFloors { restore_mb: 0, snapshot_mb: 0, warm_mb: 0 };
     cfg.ready_timeout = Duration::from_millis(300);
     let net = Arc::new(FakeNetwork { base: Ipv4Addr::new(127, 201, tag, 0) });
     (Runtime::new(cfg, engine, net), dir)
@@ -122,6 +123,7 @@ async fn oversized_create_is_rejected_by_admission() {
     let layout = Layout { state_dir: dir.join("state"), cache_dir: dir.join("cache") };
     std::fs::create_dir_all(layout.rootfs_dir(crate::template::BASE_ROOTFS).join("bin")).unwrap();
     let mut cfg = RuntimeConfig::new(layout, "/nonexistent/agent");
+    cfg.disk_floors = crate::runtime::disk::DiskFloors { restore_mb: 0, snapshot_mb: 0, warm_mb: 0 };
     cfg.capacity = crate::admission::Resources::new(1, 256, 10_000);
     let net = Arc::new(FakeNetwork { base: Ipv4Addr::new(127, 201, 7, 0) });
     let rt = Runtime::new(cfg, Arc::new(FakeEngine::default()), net);
@@ -178,6 +180,8 @@ async fn restart_readopts_paused_and_cleans_running() {
     drop(rt); // the server dies without shutting down
 
     let mut cfg = RuntimeConfig::new(layout.clone(), "/nonexistent/agent");
+
+    cfg.disk_floors = crate::runtime::disk::DiskFloors { restore_mb: 0, snapshot_mb: 0, warm_mb: 0 };
     cfg.ready_timeout = Duration::from_millis(300);
     let net = Arc::new(FakeNetwork { base: Ipv4Addr::new(127, 201, 9, 0) });
     let rt2 = Runtime::new(cfg, engine.clone(), net);
@@ -231,5 +235,23 @@ async fn snapshot_create_from_it_and_fork() {
     assert!(matches!(rt.delete_snapshot("golden"), Err(RuntimeError::SnapshotNotFound(_))));
     rt.kill_all().await;
     assert_eq!(rt.admission_stats().used, crate::admission::Resources::default());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn disk_floor_refuses_restores_before_reserving() {
+    let engine = Arc::new(FakeEngine::default());
+    let (rt, dir) = runtime(11, engine.clone());
+    agents(11, 8).await;
+    rt.create(req()).await.unwrap(); // builds the base template, restores it
+    let mut cfg = rt.config().clone();
+    cfg.disk_floors.restore_mb = u64::MAX;
+    let net = Arc::new(FakeNetwork { base: Ipv4Addr::new(127, 201, 11, 0) });
+    let tight = Runtime::new(cfg, engine.clone(), net);
+    let err = tight.create(req()).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::DiskFloor { .. }), "{err}");
+    assert!(err.to_string().contains("restore refused"), "{err}");
+    assert_eq!(tight.admission_stats().used, crate::admission::Resources::default());
+    rt.kill_all().await;
     let _ = std::fs::remove_dir_all(dir);
 }

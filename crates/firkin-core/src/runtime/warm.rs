@@ -142,6 +142,11 @@ impl Runtime {
 
     /// Restores one warm sandbox from `m`; `None` when there is no capacity for it now.
     async fn restore_warm(&self, m: &SnapshotManifest) -> Result<Option<WarmEntry>, RuntimeError> {
+        let image = self.inner.template_store.image_dir(&m.snapshot_id);
+        if let Err(e) = self.check_disk_floor(super::disk::DiskOp::WarmRefill, &image) {
+            tracing::debug!(error = %e, "warm pool not refilled");
+            return Ok(None);
+        }
         let want = Resources::new(m.cpu_count, m.memory_mb, m.disk_size_mb);
         let Some(reservation) = self.inner.admission.try_reserve_now(want, Class::Warm) else {
             return Ok(None);
