@@ -148,6 +148,13 @@ def test_metrics_report_real_usage(sandbox):
     assert m.cpu_count >= 1
     assert m.mem_total > 0 and 0 < m.mem_used <= m.mem_total
     assert m.disk_total > 0
+    # CPU and memory come from the sandbox's cgroup on the host: its limit, and real load.
+    assert m.mem_total == 512 << 20, "the sandbox's memory limit (default 512 MiB)"
+    sandbox.commands.run("timeout 5 sh -c 'while :; do :; done'", background=True)
+    import time
+    time.sleep(1)
+    busy = sandbox.get_metrics()[-1]
+    assert busy.cpu_used_pct > 10, f"a busy loop shows as CPU use: {busy.cpu_used_pct}%"
 
 
 def test_concurrent_creates_are_independent(tag):

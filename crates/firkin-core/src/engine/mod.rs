@@ -2,6 +2,7 @@
 //! for unit tests ([`fake::FakeEngine`]). Methods block (they run host processes); the runtime
 //! calls them from `spawn_blocking`.
 
+pub mod cgroup;
 pub mod fake;
 pub mod oci;
 pub mod reaper;

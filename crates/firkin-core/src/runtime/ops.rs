@@ -187,11 +187,29 @@ impl Runtime {
         if rec.state != SandboxState::Running {
             return Ok(crate::agent_client::AgentMetrics::default());
         }
-        self.inner
+        let mut m = self
+            .inner
             .agent
             .metrics(rec.agent_ip, &rec.access_token)
             .await
-            .map_err(|source| RuntimeError::Agent { id: id.to_owned(), source })
+            .map_err(|source| RuntimeError::Agent { id: id.to_owned(), source })?;
+        // CPU and memory as the host accounts them (the sandbox's cgroup): two readings 200 ms
+        // apart for the CPU share. Disk (the in-memory overlay) comes from inside the sandbox.
+        let cg_id = rec.id.to_string();
+        let before = crate::engine::cgroup::usage(&cg_id);
+        if let Some(before) = before {
+            let t0 = Instant::now();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Some(after) = crate::engine::cgroup::usage(&cg_id) {
+                let wall = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                m.cpu_count = rec.cpu_count;
+                m.cpu_used_pct =
+                    crate::engine::cgroup::cpu_percent(before.cpu_ns, after.cpu_ns, wall, rec.cpu_count);
+                m.mem_used = after.memory_bytes;
+                m.mem_total = after.memory_limit.unwrap_or(u64::from(rec.memory_mb) << 20);
+            }
+        }
+        Ok(m)
     }
 
     /// Where to send traffic for `id`, if it is running.
