@@ -174,6 +174,14 @@ stop_server
 start_server
 timeout 120 "$VENV/bin/python" tests/sdk/restart_check.py verify "$PAUSED_ID" "$PAUSED_PID"
 
+step "crash safety: a running sandbox survives kill -9 of the server"
+read -r RUNNING_ID RUNNING_PID < <(timeout 120 "$VENV/bin/python" tests/sdk/restart_check.py prepare-running)
+kill -KILL "$SERVER_PID"
+wait "$SERVER_PID" 2>/dev/null || true
+SERVER_PID=""
+start_server
+timeout 120 "$VENV/bin/python" tests/sdk/restart_check.py verify-running "$RUNNING_ID" "$RUNNING_PID"
+
 if [ "${FIRKIN_BENCH_RUNS:-10}" -gt 0 ]; then
   step "bench (short run; use 'firkin bench create -n 100' for the full table)"
   # Its own state dir and address range, so it never touches the server's sandboxes.

@@ -169,32 +169,41 @@ async fn pause_frees_the_slot_and_connect_resumes() {
 }
 
 #[tokio::test]
-async fn restart_readopts_paused_and_cleans_running() {
+async fn restart_readopts_paused_and_running_and_cleans_the_rest() {
     let engine = Arc::new(FakeEngine::default());
     let (rt, dir) = runtime(9, engine.clone());
     agents(9, 8).await;
     let paused = rt.create(req()).await.unwrap();
     let running = rt.create(req()).await.unwrap();
+    let dead = rt.create(req()).await.unwrap();
     rt.pause(paused.id.as_str()).await.unwrap();
+    rt.drain_teardowns().await;
+    // `dead`'s engine sandbox vanished while the server was down.
+    engine.destroy(&dead.id).unwrap();
     let layout = rt.config().layout.clone();
     drop(rt); // the server dies without shutting down
 
     let mut cfg = RuntimeConfig::new(layout.clone(), "/nonexistent/agent");
-
     cfg.disk_floors = crate::runtime::disk::DiskFloors { restore_mb: 0, snapshot_mb: 0, warm_mb: 0 };
     cfg.ready_timeout = Duration::from_millis(300);
     let net = Arc::new(FakeNetwork { base: Ipv4Addr::new(127, 201, 9, 0) });
     let rt2 = Runtime::new(cfg, engine.clone(), net);
     let report = rt2.reconcile().await;
     assert_eq!(report.adopted_paused, 1);
-    assert_eq!(report.records_removed, 1);
-    assert!(engine.list().unwrap().is_empty(), "the running leftover was destroyed");
-    assert!(rt2.get_visible(running.id.as_str()).is_err());
+    assert_eq!(report.adopted_running, 1);
+    assert_eq!(report.records_removed, 1, "the one whose engine sandbox is gone");
+    assert_eq!(engine.list().unwrap(), vec![running.id.to_string()], "only the adopted one is left");
+    assert!(rt2.get_visible(dead.id.as_str()).is_err());
+    let r = rt2.get_visible(running.id.as_str()).unwrap();
+    assert_eq!(r.state, crate::lifecycle::SandboxState::Running);
+    assert!(rt2.route(running.id.as_str()).is_some(), "traffic flows to the adopted sandbox");
+    assert_eq!(rt2.admission_stats().active, 1);
     let p = rt2.get_visible(paused.id.as_str()).unwrap();
     assert_eq!(p.state, crate::lifecycle::SandboxState::Paused);
     assert_eq!(rt2.admission_stats().paused, 1);
     let out = rt2.connect(paused.id.as_str(), None).await.unwrap();
     assert!(out.resumed);
+    assert_ne!(out.record.net_slot, r.net_slot, "the adopted sandbox's slot is not handed out again");
     rt2.kill_all().await;
     assert_eq!(rt2.admission_stats().used, crate::admission::Resources::default());
     let _ = std::fs::remove_dir_all(dir);
