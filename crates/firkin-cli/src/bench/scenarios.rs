@@ -17,19 +17,39 @@ const COLD_TEMPLATE: &str = "bench-cold";
 const DIRTY_TEMPLATE: &str = "bench-dirty";
 
 async fn build(rt: &Runtime, name: &str, memory_mb: Option<u32>) -> anyhow::Result<()> {
-    let spec = TemplateSpec {
-        name: name.into(),
-        from: "base".into(),
-        steps: Vec::new(),
-        start: None,
-        ready: None,
-        ready_timeout_secs: None,
-        cpu_count: None,
-        memory_mb,
-    };
+    let spec = TemplateSpec { memory_mb, ..TemplateSpec::new(name, "base") };
     let quiet: ProgressFn = Arc::new(|_: BuildProgress| {});
     rt.build_template(spec, quiet).await?;
     Ok(())
+}
+
+/// One timed pause and resume of `id`; `between` runs after the pause (unmeasured). Returns the
+/// resumed record and when the resume began, or `None` (recorded as a failure) when either step
+/// failed.
+async fn pause_resume(
+    rt: &Runtime,
+    id: &str,
+    (pause, resume): (&mut Series, &mut Series),
+    between: impl FnOnce(),
+) -> Option<(firkin_core::record::SandboxRecord, Instant)> {
+    let t = Instant::now();
+    if let Err(e) = rt.pause(id).await {
+        pause.fail("pause", e);
+        return None;
+    }
+    pause.push(t.elapsed());
+    between();
+    let t = Instant::now();
+    match rt.connect(id, Some(Duration::from_secs(3600))).await {
+        Ok(out) => {
+            resume.push(t.elapsed());
+            Some((out.record, t))
+        }
+        Err(e) => {
+            resume.fail("resume", e);
+            None
+        }
+    }
 }
 
 /// Waits (unmeasured) until `template`'s warm pool has an entry.
@@ -83,25 +103,12 @@ pub async fn pause(rt: &Runtime, args: &BenchArgs) -> anyhow::Result<Vec<Series>
     first_stdout(rec.agent_ip, &rec.access_token, "nohup sleep 100000 >/dev/null 2>&1 &").await?;
     for i in 0..args.runs {
         restore_base.sample(i).await;
-        let t = Instant::now();
-        if let Err(e) = rt.pause(&id).await {
-            pause.fail("pause", e);
+        let Some((rec, resumed_at)) = pause_resume(rt, &id, (&mut pause, &mut resume), || {}).await else {
             break;
-        }
-        pause.push(t.elapsed());
-        let t = Instant::now();
-        match rt.connect(&id, Some(Duration::from_secs(3600))).await {
-            Ok(out) => {
-                resume.push(t.elapsed());
-                match first_stdout(out.record.agent_ip, &out.record.access_token, "echo firkin").await {
-                    Ok(()) => first.push(t.elapsed()),
-                    Err(e) => first.fail("first stdout", e),
-                }
-            }
-            Err(e) => {
-                resume.fail("resume", e);
-                break;
-            }
+        };
+        match first_stdout(rec.agent_ip, &rec.access_token, "echo firkin").await {
+            Ok(()) => first.push(resumed_at.elapsed()),
+            Err(e) => first.fail("first stdout", e),
         }
         progress(i, args.runs, "cycles");
     }
@@ -176,20 +183,10 @@ pub async fn dirty(rt: &Runtime, args: &BenchArgs) -> anyhow::Result<Vec<Series>
         let mut sizes = Vec::new();
         for i in 0..cycles {
             restore_base.sample(i).await;
-            let t = Instant::now();
-            if let Err(e) = rt.pause(&id).await {
-                pause.fail("pause", e);
+            let image = layout.pause_image(&id);
+            let between = || sizes.push(dir_mb(&image));
+            if pause_resume(rt, &id, (&mut pause, &mut resume), between).await.is_none() {
                 break;
-            }
-            pause.push(t.elapsed());
-            sizes.push(dir_mb(&layout.pause_image(&id)));
-            let t = Instant::now();
-            match rt.connect(&id, Some(Duration::from_secs(3600))).await {
-                Ok(_) => resume.push(t.elapsed()),
-                Err(e) => {
-                    resume.fail("resume", e);
-                    break;
-                }
             }
         }
         let image_mb = sizes.iter().cloned().fold(0.0, f64::max);

@@ -137,14 +137,8 @@ impl AgentClient {
                         exit = Some(i32::try_from(code).unwrap_or(-1));
                     }
                 }
-                match body.frame().await {
-                    Some(Ok(frame)) => {
-                        if let Ok(data) = frame.into_data() {
-                            buf.extend_from_slice(&data);
-                        }
-                    }
-                    Some(Err(e)) => return Err(e.to_string()),
-                    None => return Err("stream closed without an end-of-stream frame".into()),
+                if !read_frame(&mut body, &mut buf).await? {
+                    return Err("stream closed without an end-of-stream frame".into());
                 }
             }
         };
@@ -177,14 +171,8 @@ impl AgentClient {
                         return u32::try_from(pid).map_err(|e| e.to_string());
                     }
                 }
-                match body.frame().await {
-                    Some(Ok(frame)) => {
-                        if let Ok(data) = frame.into_data() {
-                            buf.extend_from_slice(&data);
-                        }
-                    }
-                    Some(Err(e)) => return Err(e.to_string()),
-                    None => return Err("stream closed before the start event".into()),
+                if !read_frame(&mut body, &mut buf).await? {
+                    return Err("stream closed before the start event".into());
                 }
             }
         };
@@ -238,6 +226,20 @@ fn url_path_query(addr: Ipv4Addr, path: &str) -> String {
         }
     }
     format!("http://{addr}:{ENVD_PORT}/files?path={enc}")
+}
+
+/// Appends the next body frame's data to `buf`; `false` at the end of the body.
+async fn read_frame(body: &mut hyper::body::Incoming, buf: &mut BytesMut) -> Result<bool, String> {
+    match body.frame().await {
+        Some(Ok(frame)) => {
+            if let Ok(data) = frame.into_data() {
+                buf.extend_from_slice(&data);
+            }
+            Ok(true)
+        }
+        Some(Err(e)) => Err(e.to_string()),
+        None => Ok(false),
+    }
 }
 
 /// Splits one Connect envelope off the front of `buf`, if complete.

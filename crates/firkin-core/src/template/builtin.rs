@@ -22,16 +22,7 @@ pub fn is_builtin(id: &str) -> bool {
 /// The spec of a built-in template.
 pub fn spec(id: &str) -> Option<TemplateSpec> {
     match id {
-        "base" => Some(TemplateSpec {
-            name: "base".into(),
-            from: "base".into(),
-            steps: Vec::new(),
-            start: None,
-            ready: None,
-            ready_timeout_secs: None,
-            cpu_count: None,
-            memory_mb: None,
-        }),
+        "base" => Some(TemplateSpec::new("base", "base")),
         "code-interpreter-v1" => Some(interpreter_spec()),
         _ => None,
     }

@@ -136,6 +136,20 @@ pub enum TemplateSpecError {
 }
 
 impl TemplateSpec {
+    /// A spec with no steps, start command or ready check.
+    pub fn new(name: impl Into<String>, from: impl Into<String>) -> TemplateSpec {
+        TemplateSpec {
+            name: name.into(),
+            from: from.into(),
+            steps: Vec::new(),
+            start: None,
+            ready: None,
+            ready_timeout_secs: None,
+            cpu_count: None,
+            memory_mb: None,
+        }
+    }
+
     /// Checks everything that can be checked without a sandbox.
     pub fn validate(&self) -> Result<(), TemplateSpecError> {
         let n = &self.name;
