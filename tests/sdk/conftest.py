@@ -4,6 +4,7 @@ The server URL and key come from the environment (E2B_API_URL, E2B_SANDBOX_URL, 
 exactly as a user would configure the unmodified SDK; scripts/test.sh sets them.
 """
 
+import contextlib
 import os
 import uuid
 
@@ -67,3 +68,46 @@ def sandbox_headers(sbx, port=49983, token=True):
     if token:
         h["X-Access-Token"] = sbx._envd_access_token
     return h
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FIRKIN = os.path.join(REPO, "target", "release", "firkin")
+
+
+@contextlib.contextmanager
+def own_server(state_dir, *args, key="own-server-key", env=None):
+    """A second real `firkin serve` (own state dir, port and subnet given in `args`), for tests
+    that need other settings than the suite's server. Yields its URL; stops it (SIGTERM) after."""
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    if os.geteuid() != 0 or not os.path.exists(FIRKIN):
+        pytest.skip("needs root and target/release/firkin")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    full_env = dict(os.environ, FIRKIN_STATE_DIR=state_dir, NO_COLOR="1", **(env or {}))
+    log = open(os.path.join(os.path.dirname(state_dir), f"server-{port}.log"), "w")
+    server = subprocess.Popen([FIRKIN, "serve", "--listen", f"127.0.0.1:{port}", "--api-key", key,
+                               "--warm-pool", "none", *args], env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert server.poll() is None and time.time() < deadline, "server did not start"
+        time.sleep(0.2)
+    try:
+        yield url
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()

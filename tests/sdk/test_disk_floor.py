@@ -5,18 +5,15 @@ again once space is freed."""
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
-import time
 
 import httpx
 import pytest
 from e2b import Sandbox
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FIRKIN = os.path.join(REPO, "target", "release", "firkin")
+from conftest import own_server
+
 KEY = "disk-floor-key"
 FLOOR_MB = 60
 
@@ -28,45 +25,22 @@ def free_mb(path):
 
 @pytest.fixture(scope="module")
 def small_store():
-    if os.geteuid() != 0 or not os.path.exists(FIRKIN) or not shutil.which("mkfs.ext4"):
-        pytest.skip("needs root, mkfs.ext4 and target/release/firkin")
+    if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
+        pytest.skip("needs root and mkfs.ext4")
     work = tempfile.mkdtemp(prefix="firkin-floor-")
     img, mnt = os.path.join(work, "fs.img"), os.path.join(work, "mnt")
     os.makedirs(mnt)
     subprocess.run(["truncate", "-s", "192M", img], check=True)
     subprocess.run(["mkfs.ext4", "-q", "-F", img], check=True)
     subprocess.run(["mount", "-o", "loop", img, mnt], check=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, FIRKIN_STATE_DIR=os.path.join(mnt, "state"), NO_COLOR="1",
-               FIRKIN_DISK_FLOORS=f"restore={FLOOR_MB},snapshot={FLOOR_MB},warm={2 * FLOOR_MB}")
-    log = open(os.path.join(work, "server.log"), "w")
-    server = subprocess.Popen([FIRKIN, "serve", "--listen", f"127.0.0.1:{port}", "--api-key", KEY,
-                               "--warm-pool", "none", "--subnet-base", "10.214.0.0",
-                               # The ledger's disk capacity defaults to the store's free space
-                               # (tiny here); this test is about the floors, not the ledger.
-                               "--capacity", "disk=100000"],
-                              env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert server.poll() is None and time.time() < deadline, "server did not start"
-        time.sleep(0.2)
+    floors = f"restore={FLOOR_MB},snapshot={FLOOR_MB},warm={2 * FLOOR_MB}"
     try:
-        yield url, mnt
+        # The ledger's disk capacity defaults to the store's free space (tiny here); this test
+        # is about the floors, not the ledger.
+        with own_server(os.path.join(mnt, "state"), "--subnet-base", "10.214.0.0", "--capacity",
+                        "disk=100000", key=KEY, env={"FIRKIN_DISK_FLOORS": floors}) as url:
+            yield url, mnt
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
         subprocess.run(["umount", "-l", mnt])
         shutil.rmtree(work, ignore_errors=True)
 

@@ -33,6 +33,9 @@ pub struct HostArgs {
     /// cpu in milli-vCPU, already overcommitted).
     #[arg(long, env = "FIRKIN_CAPACITY")]
     pub capacity: Option<String>,
+    /// Seconds without an answer from a running sandbox's agent before it is killed as stuck.
+    #[arg(long, env = "FIRKIN_STUCK_AFTER_SECS", default_value_t = 60)]
+    pub stuck_after_secs: u64,
 }
 
 fn apply_capacity(
@@ -110,6 +113,7 @@ impl HostArgs {
         config.runsc_path = self.runsc.clone();
         config.warm_pool = self.warm_pool.clone();
         config.disk_floors = self.disk_floors;
+        config.stuck_after = std::time::Duration::from_secs(self.stuck_after_secs.max(1));
         if let Some(spec) = &self.capacity {
             config.capacity = apply_capacity(config.capacity, spec)?;
         }

@@ -94,6 +94,8 @@ pub struct RuntimeConfig {
     pub max_queue: usize,
     /// Longest a create waits for capacity before a 503.
     pub admission_wait: Duration,
+    /// A running sandbox whose agent has not answered for this long is killed as stuck.
+    pub stuck_after: Duration,
     /// Free-space floors for restores, checkpoint saves and warm refills.
     pub disk_floors: crate::runtime::disk::DiskFloors,
     /// Warm-pool depth per template id (0 or absent: no pool).
@@ -119,6 +121,7 @@ impl RuntimeConfig {
             capacity: crate::admission::host::host_capacity(&layout_state, 16),
             max_queue: 64,
             admission_wait: Duration::from_secs(30),
+            stuck_after: Duration::from_secs(60),
             disk_floors: crate::runtime::disk::DiskFloors::default(),
             warm_pool: std::collections::BTreeMap::new(),
         }

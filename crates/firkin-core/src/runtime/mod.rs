@@ -7,6 +7,7 @@ pub mod disk;
 mod error;
 mod expiry;
 pub mod freshness;
+mod heartbeat;
 pub mod list;
 mod ops;
 mod pause;
@@ -132,6 +133,8 @@ impl Runtime {
     /// Starts background supervision (timeout expiry). Call once from within a tokio runtime.
     pub fn start_background(&self) -> tokio::task::JoinHandle<()> {
         let rt = self.clone();
+        let hb = self.clone();
+        tokio::spawn(async move { hb.heartbeat_loop().await });
         tokio::spawn(async move { rt.expiry_loop().await })
     }
 

@@ -1,0 +1,59 @@
+//! Heartbeats and stuck-sandbox cleanup. Every running sandbox's agent is probed periodically;
+//! each answer refreshes the sandbox's heartbeat marker (`run/sandboxes/<id>/heartbeat`, the
+//! unix time of the last answer). A sandbox whose agent has not answered for `stuck_after` is
+//! stuck (its sentry hung, its processes stopped from outside, its network gone): it is killed
+//! and everything it held is released.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::Runtime;
+use crate::ids::SandboxId;
+use crate::lifecycle::SandboxState;
+
+/// How long one probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Runtime {
+    /// The probe interval for a stuck threshold.
+    fn heartbeat_interval(&self) -> Duration {
+        (self.inner.config.stuck_after / 4).clamp(Duration::from_millis(500), Duration::from_secs(10))
+    }
+
+    pub(super) async fn heartbeat_loop(&self) {
+        let mut last_ok: BTreeMap<SandboxId, Instant> = BTreeMap::new();
+        loop {
+            tokio::time::sleep(self.heartbeat_interval()).await;
+            let running: Vec<(SandboxId, std::net::Ipv4Addr)> = self
+                .table()
+                .values()
+                .filter(|r| r.state == SandboxState::Running && !r.internal)
+                .map(|r| (r.id.clone(), r.agent_ip))
+                .collect();
+            last_ok.retain(|id, _| running.iter().any(|(r, _)| r == id));
+            let probes = running.iter().map(|(id, ip)| {
+                let agent = self.inner.agent.clone();
+                async move { (id.clone(), agent.wait_ready(*ip, PROBE_TIMEOUT).await.is_ok()) }
+            });
+            let now = Instant::now();
+            for (id, ok) in futures_util::future::join_all(probes).await {
+                let seen = *last_ok.entry(id.clone()).or_insert(now);
+                if ok {
+                    last_ok.insert(id.clone(), now);
+                    let marker = self.inner.config.layout.sandbox_run_dir(id.as_str()).join("heartbeat");
+                    let stamp = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
+                    let _ = std::fs::write(marker, stamp);
+                } else if now.duration_since(seen) >= self.inner.config.stuck_after {
+                    // Only if it is still running (not paused or killed in the meantime).
+                    if self.get(&id).is_ok_and(|r| r.state == SandboxState::Running) {
+                        tracing::warn!(sandbox = %id, silent = ?now.duration_since(seen), "sandbox stuck (no heartbeat); killing it");
+                        if let Err(e) = self.kill(id.as_str()).await {
+                            tracing::warn!(sandbox = %id, error = %e, "killing a stuck sandbox failed");
+                        }
+                    }
+                    last_ok.remove(&id);
+                }
+            }
+        }
+    }
+}
