@@ -4,7 +4,7 @@
 //!
 //! Layout: `app` (routes, shared state), `auth` (token gate, Basic-auth user), `init`
 //! (`/init`, `/health`, `/envs`, sandbox config), `connect` (Connect framing and error codes),
-//! `json` (proto3 JSON value rules), `listener` (blocking accept thread), `rpc` (method dispatch), `process/*` (spawn, pty, registry,
+//! `json` (proto3 JSON value rules), `listener` (accept and connection threads; nothing in epoll), `rpc` (method dispatch), `process/*` (spawn, pty, registry,
 //! exit mapping), `filesystem/*` (EntryInfo, xattrs, watchers), `files` (`/files`), `metrics`,
 //! `reaper` (the single `waitpid` owner, see its docs for the PID-1 design), `user`, `paths`.
 //!

@@ -136,10 +136,11 @@ impl Runtime {
     /// by restoring it once into a throwaway sandbox. An image whose restored agent does not
     /// answer is retaken (the source is still running). Used by pause, snapshots and templates.
     ///
-    /// Why: in about 1-2 % of pause cycles under SDK traffic, an image restores into an agent
-    /// that never answers, and restoring it again fails the same way; publishing it would lose
-    /// the sandbox. The cause is not understood yet (see docs/design.md); once a sandbox is in
-    /// that state, retaken checkpoints fail too, and the operation fails with the sandbox running.
+    /// Why: runsc 20240729 can carry a deleted epoll registration through a checkpoint, and a
+    /// program that trips over it after restore (the agent did, before it stopped registering
+    /// short-lived fds with epoll; see docs/design.md) never answers. Publishing such an image
+    /// would lose the sandbox, so it is proven first; a sandbox whose retakes all fail keeps
+    /// running and the operation fails.
     pub(super) async fn checkpoint_proven(
         &self,
         rec: &SandboxRecord,
