@@ -66,7 +66,6 @@ pub async fn create(rt: &Runtime, args: &BenchArgs) -> anyhow::Result<Vec<Series
     let mut run_base = Baseline::new(&args.host.runsc);
     let mut restore_base = RestoreBaseline::prepare(&args.host.runsc).await?;
     build(rt, COLD_TEMPLATE, None).await?;
-    rt.prepare_builtin_templates().await;
     rt.set_warm_target("base", 2);
     rt.start_warm_pool();
     let mut cold = Series::new("firkin.create_cold_restore_to_first_stdout");

@@ -67,6 +67,10 @@ impl Engine for FakeEngine {
         Ok(self.running.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect())
     }
 
+    fn settle(&self, _timeout: std::time::Duration) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         "fake engine".into()
     }

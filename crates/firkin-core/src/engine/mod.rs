@@ -55,6 +55,10 @@ pub trait Engine: Send + Sync + 'static {
     fn destroy(&self, id: &SandboxId) -> Result<(), EngineError>;
     /// Ids of every sandbox the engine currently holds (for reconciliation).
     fn list(&self) -> Result<Vec<String>, EngineError>;
+    /// Waits (at most `timeout`) until no engine command an earlier server started is still
+    /// running (a restore it began just before it died would otherwise complete after the
+    /// reconciliation). Returns whether the engine is settled.
+    fn settle(&self, timeout: std::time::Duration) -> bool;
     /// Human-readable engine description for logs and `doctor`.
     fn describe(&self) -> String;
 }

@@ -200,6 +200,22 @@ impl Engine for RunscEngine {
         Err(EngineError::Runsc { id: id.clone(), op: "delete", detail: stderr.trim().to_owned() })
     }
 
+    fn settle(&self, timeout: std::time::Duration) -> bool {
+        let root_arg = format!("--root={}", self.root.display());
+        let start = std::time::Instant::now();
+        loop {
+            let busy = runsc_commands_with(&root_arg);
+            if busy == 0 {
+                return true;
+            }
+            if start.elapsed() >= timeout {
+                tracing::warn!(busy, "runsc commands of an earlier server are still running");
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     fn list(&self) -> Result<Vec<String>, EngineError> {
         if !self.root.exists() {
             return Ok(Vec::new());
@@ -224,4 +240,22 @@ impl Engine for RunscEngine {
             self.launch_mode()
         )
     }
+}
+
+/// Number of live runsc CLI commands (not the long-lived `runsc-sandbox`/`runsc-gofer`
+/// processes) naming `root_arg`, other than this process.
+fn runsc_commands_with(root_arg: &str) -> usize {
+    let me = std::process::id().to_string();
+    let Ok(rd) = std::fs::read_dir("/proc") else { return 0 };
+    rd.flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| e.file_name().to_string_lossy() != me)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|cmd| {
+            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            let argv0 = String::from_utf8_lossy(args.first().copied().unwrap_or_default()).into_owned();
+            let long_lived = argv0.ends_with("runsc-sandbox") || argv0.ends_with("runsc-gofer");
+            !long_lived && args.iter().any(|a| String::from_utf8_lossy(a).contains(root_arg))
+        })
+        .count()
 }

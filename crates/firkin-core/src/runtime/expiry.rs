@@ -49,9 +49,10 @@ impl Runtime {
             .collect()
     }
 
-    /// Server shutdown: kills every running sandbox (re-adopting running sandboxes after a
-    /// restart is not implemented); paused ones stay on disk and are re-adopted at the next
-    /// start. Returns how many were killed.
+    /// Server shutdown: kills every running sandbox; paused ones stay on disk and are re-adopted
+    /// at the next start. Then removes any engine sandbox still under this server's runsc root
+    /// (orphans: e.g. a restore an earlier server started just before it died). Returns how many
+    /// were killed.
     pub async fn shutdown(&self) -> usize {
         let ids: Vec<String> = self
             .table()
@@ -66,6 +67,44 @@ impl Runtime {
             }
         }
         self.drain_teardowns().await;
+        let orphans = self.remove_orphans(|_| true).await;
+        if orphans > 0 {
+            tracing::warn!(orphans, "removed engine sandboxes no record accounted for");
+        }
+        n
+    }
+
+    /// Destroys the engine sandboxes under this server's runsc root that are not in the table
+    /// (nor warm-pool entries) and for which `old_enough` holds, with their namespaces.
+    pub(super) async fn remove_orphans(&self, old_enough: impl Fn(&str) -> bool) -> usize {
+        let engine = std::sync::Arc::clone(&self.inner.engine);
+        let network = std::sync::Arc::clone(&self.inner.network);
+        let known: std::collections::HashSet<String> =
+            self.table().keys().map(|k| k.to_string()).chain(self.warm_ids()).collect();
+        let names = tokio::task::spawn_blocking({
+            let engine = std::sync::Arc::clone(&engine);
+            move || engine.list().unwrap_or_default()
+        })
+        .await
+        .unwrap_or_default();
+        let orphans: Vec<String> =
+            names.into_iter().filter(|n| !known.contains(n) && old_enough(n)).collect();
+        let n = orphans.len();
+        if n > 0 {
+            let _ = tokio::task::spawn_blocking(move || {
+                let namespaces = network.list_namespaces();
+                for name in orphans {
+                    if let Ok(id) = crate::ids::SandboxId::parse(&name) {
+                        tracing::warn!(sandbox = %id, "removing an orphaned engine sandbox");
+                        let _ = engine.destroy(&id);
+                        for ns in namespaces.iter().filter(|ns| ns.ends_with(&name)) {
+                            let _ = network.remove_namespace(ns);
+                        }
+                    }
+                }
+            })
+            .await;
+        }
         n
     }
 

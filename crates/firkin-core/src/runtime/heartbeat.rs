@@ -13,6 +13,11 @@ use crate::lifecycle::SandboxState;
 
 /// How long one probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often engine sandboxes are checked against the table.
+const ORPHAN_SWEEP: Duration = Duration::from_secs(30);
+/// An engine sandbox nothing accounts for is removed once it has been seen this long (longer
+/// than any create, probe or refill takes between starting it and recording it).
+const ORPHAN_GRACE: Duration = Duration::from_secs(60);
 
 impl Runtime {
     /// The probe interval for a stuck threshold.
@@ -22,8 +27,14 @@ impl Runtime {
 
     pub(super) async fn heartbeat_loop(&self) {
         let mut last_ok: BTreeMap<SandboxId, Instant> = BTreeMap::new();
+        let mut sightings: BTreeMap<String, Instant> = BTreeMap::new();
+        let mut last_sweep = Instant::now();
         loop {
             tokio::time::sleep(self.heartbeat_interval()).await;
+            if last_sweep.elapsed() >= ORPHAN_SWEEP {
+                last_sweep = Instant::now();
+                self.sweep_orphans(&mut sightings).await;
+            }
             let running: Vec<(SandboxId, std::net::Ipv4Addr)> = self
                 .table()
                 .values()
@@ -54,6 +65,30 @@ impl Runtime {
                     last_ok.remove(&id);
                 }
             }
+        }
+    }
+
+    /// Removes engine sandboxes under this server's root that no record, warm entry or
+    /// operation in flight has accounted for since [`ORPHAN_GRACE`] (e.g. a restore that an
+    /// earlier server started just before it was killed, completed after the reconciliation).
+    async fn sweep_orphans(&self, sightings: &mut BTreeMap<String, Instant>) {
+        let now = Instant::now();
+        let engine = std::sync::Arc::clone(&self.inner.engine);
+        let names =
+            tokio::task::spawn_blocking(move || engine.list().unwrap_or_default()).await.unwrap_or_default();
+        let known: std::collections::HashSet<String> =
+            self.table().keys().map(|k| k.to_string()).chain(self.warm_ids()).collect();
+        sightings.retain(|n, _| names.contains(n) && !known.contains(n));
+        for n in names.iter().filter(|n| !known.contains(*n)) {
+            sightings.entry(n.clone()).or_insert(now);
+        }
+        let old: std::collections::HashSet<String> = sightings
+            .iter()
+            .filter(|(_, seen)| now.duration_since(**seen) >= ORPHAN_GRACE)
+            .map(|(n, _)| n.clone())
+            .collect();
+        if !old.is_empty() {
+            self.remove_orphans(|n| old.contains(n)).await;
         }
     }
 }

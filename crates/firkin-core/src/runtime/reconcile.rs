@@ -32,6 +32,9 @@ impl Runtime {
         let engine = Arc::clone(&self.inner.engine);
         let network = Arc::clone(&self.inner.network);
         let res = tokio::task::spawn_blocking(move || {
+            // A restore or boot an earlier server started just before it died must finish (or
+            // fail) before its sandbox is looked for.
+            engine.settle(std::time::Duration::from_secs(15));
             let mut report = ReconcileReport::default();
             let mut keep = Vec::new();
             let mut running = Vec::new();

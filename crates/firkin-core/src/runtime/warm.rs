@@ -38,6 +38,7 @@ pub(super) struct WarmPools {
     entries: BTreeMap<String, VecDeque<WarmEntry>>,
     stopped: bool,
     failed_at: BTreeMap<String, Instant>,
+    supervisor: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Pool depth per template, for gauges.
@@ -51,15 +52,21 @@ impl Runtime {
         self.inner.warm.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Ids of the warm entries.
+    pub(super) fn warm_ids(&self) -> Vec<String> {
+        self.pools().entries.values().flatten().map(|e| e.id.to_string()).collect()
+    }
+
     pub fn warm_stats(&self) -> WarmStats {
         let pools = self.pools();
         WarmStats { ready: pools.entries.iter().map(|(k, v)| (k.clone(), v.len())).collect() }
     }
 
     /// Starts the refill supervisor (a no-op loop when no pool is configured).
-    pub fn start_warm_pool(&self) -> tokio::task::JoinHandle<()> {
+    pub fn start_warm_pool(&self) {
         let rt = self.clone();
-        tokio::spawn(async move { rt.warm_supervisor().await })
+        let handle = tokio::spawn(async move { rt.warm_supervisor().await });
+        self.pools().supervisor = Some(handle);
     }
 
     /// Sets one template's pool depth (0 drains it) and wakes the supervisor.
@@ -256,12 +263,17 @@ impl Runtime {
 
     /// Stops the supervisor and destroys every warm entry (server shutdown).
     pub async fn stop_warm_pool(&self) {
-        let all: Vec<WarmEntry> = {
+        let supervisor = {
             let mut pools = self.pools();
             pools.stopped = true;
-            std::mem::take(&mut pools.entries).into_values().flatten().collect()
+            pools.supervisor.take()
         };
         self.inner.warm_wake.notify_one();
+        // Let a refill in flight finish (its entry is then discarded) before emptying the pool.
+        if let Some(h) = supervisor {
+            let _ = tokio::time::timeout(Duration::from_secs(60), h).await;
+        }
+        let all: Vec<WarmEntry> = std::mem::take(&mut self.pools().entries).into_values().flatten().collect();
         for e in all {
             self.discard(e, true);
         }
