@@ -75,9 +75,10 @@ FIRKIN = os.path.join(REPO, "target", "release", "firkin")
 
 
 @contextlib.contextmanager
-def own_server(state_dir, *args, key="own-server-key", env=None):
+def own_server(state_dir, *args, key="own-server-key", env=None, cleanup=True):
     """A second real `firkin serve` (own state dir, port and subnet given in `args`), for tests
-    that need other settings than the suite's server. Yields its URL; stops it (SIGTERM) after."""
+    that need other settings than the suite's server. Yields its URL; stops it (SIGTERM) after
+    and, with `cleanup`, removes the state dir's parent (a temp dir the test made)."""
     import signal
     import socket
     import subprocess
@@ -91,7 +92,8 @@ def own_server(state_dir, *args, key="own-server-key", env=None):
     full_env = dict(os.environ, FIRKIN_STATE_DIR=state_dir, NO_COLOR="1", **(env or {}))
     log = open(os.path.join(os.path.dirname(state_dir), f"server-{port}.log"), "w")
     server = subprocess.Popen([FIRKIN, "serve", "--listen", f"127.0.0.1:{port}", "--api-key", key,
-                               "--warm-pool", "none", *args], env=full_env, stdout=log, stderr=subprocess.STDOUT)
+                               "--warm-pool", "none", "--prepare-templates", "base", *args],
+                              env=full_env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
     while True:
@@ -111,3 +113,6 @@ def own_server(state_dir, *args, key="own-server-key", env=None):
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+        if cleanup and os.path.basename(os.path.dirname(state_dir)).startswith("firkin-"):
+            import shutil
+            shutil.rmtree(os.path.dirname(state_dir), ignore_errors=True)

@@ -60,7 +60,7 @@ def consistent(url, state):
 def test_kill_9_mid_operation_then_restart_is_consistent(when):
     state = os.path.join(tempfile.mkdtemp(prefix=f"firkin-crash-{when}-"), "state")
     args = ("--subnet-base", SUBNET)
-    with own_server(state, *args, key=KEY) as url:
+    with own_server(state, *args, key=KEY, cleanup=False) as url:
         conn = dict(api_key=KEY, api_url=url, sandbox_url=url)
         keep = Sandbox.create(timeout=300, **conn)  # running across the crash
         keep.files.write("/home/user/keep.txt", "kept")

@@ -16,6 +16,9 @@ pub struct ServeArgs {
     /// API key clients must send as X-API-KEY (generated and printed if absent).
     #[arg(long, env = "FIRKIN_API_KEY")]
     pub api_key: Option<String>,
+    /// Built-in templates to build at start (the rest are built on first need).
+    #[arg(long, env = "FIRKIN_PREPARE_TEMPLATES", default_value = "base,code-interpreter-v1")]
+    pub prepare_templates: String,
     #[command(flatten)]
     pub host: HostArgs,
 }
@@ -31,8 +34,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // of one that is not ready yet waits for its build.
     // The warm pool fills once its template is ready.
     let prep = runtime.clone();
+    let prepare = args.prepare_templates.clone();
     tokio::spawn(async move {
-        prep.prepare_builtin_templates().await;
+        let ids: Vec<&str> = prepare.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        prep.prepare_templates(&ids).await;
         prep.start_warm_pool();
     });
 

@@ -177,7 +177,13 @@ impl Runtime {
     /// Builds the built-in templates that are missing or stale, one after the other. Failures
     /// are logged (a create of that template retries the build and reports the error).
     pub async fn prepare_builtin_templates(&self) {
-        for id in builtin::BUILTIN_IDS {
+        self.prepare_templates(builtin::BUILTIN_IDS).await;
+    }
+
+    /// Builds the named built-in templates that are missing or stale (others build on first
+    /// need).
+    pub async fn prepare_templates(&self, ids: &[&str]) {
+        for id in ids.iter().filter(|id| builtin::is_builtin(id)) {
             match self.template_artifact(id).await {
                 Ok(Some(m)) => tracing::info!(template = id, artifact = %m.snapshot_id, "template ready"),
                 Ok(None) => {}
