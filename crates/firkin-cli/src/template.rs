@@ -75,24 +75,12 @@ pub async fn run(args: TemplateArgs) -> anyhow::Result<()> {
             Ok(())
         }
         TemplateCommand::Rm { name } => {
-            let path = format!("/templates/{}", urlencode(&name));
+            let path = format!("/templates/{}", urlencoding::encode(&name));
             call(&client, request("DELETE", &path).body(Full::new(Bytes::new()))?).await?;
             println!("removed {name}");
             Ok(())
         }
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// Reads a spec file and inlines `copy` steps' `src` files.

@@ -11,13 +11,18 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 
+/// A create of `template` that lives `timeout_secs`.
+pub fn request(template: &str, timeout_secs: u64) -> CreateSandbox {
+    CreateSandbox {
+        template_id: template.into(),
+        timeout: Some(Duration::from_secs(timeout_secs)),
+        ..Default::default()
+    }
+}
+
 /// A base sandbox that lives for the whole bench.
 pub async fn long_lived_sandbox(rt: &Runtime) -> anyhow::Result<firkin_core::record::SandboxRecord> {
-    let req = CreateSandbox {
-        template_id: "base".into(),
-        timeout: Some(Duration::from_secs(3600)),
-        ..Default::default()
-    };
+    let req = request("base", 3600);
     Ok(rt.create(req).await?)
 }
 
@@ -28,13 +33,7 @@ pub async fn create_to_first_stdout(
     template: &str,
 ) -> anyhow::Result<(Duration, String, Duration)> {
     let t0 = Instant::now();
-    let rec = rt
-        .create(CreateSandbox {
-            template_id: template.into(),
-            timeout: Some(Duration::from_secs(120)),
-            ..Default::default()
-        })
-        .await?;
+    let rec = rt.create(request(template, 120)).await?;
     let result = first_stdout(rec.agent_ip, &rec.access_token, "echo firkin").await;
     let elapsed = t0.elapsed();
     let tk = Instant::now();

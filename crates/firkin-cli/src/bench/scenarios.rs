@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use firkin_core::config::Layout;
-use firkin_core::runtime::{BuildProgress, CreateSandbox, ProgressFn, Runtime};
+use firkin_core::runtime::{BuildProgress, ProgressFn, Runtime};
 use firkin_core::template::TemplateSpec;
 
 use super::baseline::{Baseline, RestoreBaseline};
-use super::probe::{create_to_first_stdout, first_stdout, long_lived_sandbox, run_code};
+use super::probe::{create_to_first_stdout, first_stdout, long_lived_sandbox, request, run_code};
 use super::{progress, BenchArgs, Series};
 
 /// A user template equivalent to `base` but without a warm pool: every create of it restores.
@@ -158,13 +158,7 @@ pub async fn dirty(rt: &Runtime, args: &BenchArgs) -> anyhow::Result<Vec<Series>
     let cycles = (args.runs / 10).max(3);
     let mut out = Vec::new();
     for mb in [10u32, 100, 500] {
-        let rec = rt
-            .create(CreateSandbox {
-                template_id: DIRTY_TEMPLATE.into(),
-                timeout: Some(Duration::from_secs(3600)),
-                ..Default::default()
-            })
-            .await?;
+        let rec = rt.create(request(DIRTY_TEMPLATE, 3600)).await?;
         let id = rec.id.to_string();
         // Random bytes (incompressible), held by a process, marked once allocated.
         let hold = format!(
@@ -210,13 +204,7 @@ pub async fn code(rt: &Runtime, args: &BenchArgs) -> anyhow::Result<Vec<Series>>
     let mut warm_cell = Series::new("firkin.run_code_1_plus_1_warm_context");
     let create_and_run = |rt: Runtime| async move {
         let t0 = Instant::now();
-        let rec = rt
-            .create(CreateSandbox {
-                template_id: TEMPLATE.into(),
-                timeout: Some(Duration::from_secs(300)),
-                ..Default::default()
-            })
-            .await?;
+        let rec = rt.create(request(TEMPLATE, 300)).await?;
         let text = run_code(rec.agent_ip, &rec.access_token, "1+1").await;
         let d = t0.elapsed();
         rt.kill(rec.id.as_str()).await?;
@@ -244,13 +232,7 @@ pub async fn code(rt: &Runtime, args: &BenchArgs) -> anyhow::Result<Vec<Series>>
         progress(i, cycles, "warm-pool creates");
     }
     rt.set_warm_target(TEMPLATE, 0);
-    let sbx = rt
-        .create(CreateSandbox {
-            template_id: TEMPLATE.into(),
-            timeout: Some(Duration::from_secs(3600)),
-            ..Default::default()
-        })
-        .await?;
+    let sbx = rt.create(request(TEMPLATE, 3600)).await?;
     for i in 0..args.runs {
         let t = Instant::now();
         match run_code(sbx.agent_ip, &sbx.access_token, "1+1").await {

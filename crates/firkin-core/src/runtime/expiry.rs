@@ -67,44 +67,45 @@ impl Runtime {
             }
         }
         self.drain_teardowns().await;
-        let orphans = self.remove_orphans(|_| true).await;
+        let orphans = self.destroy_orphans(self.unaccounted_engine_sandboxes().await).await;
         if orphans > 0 {
             tracing::warn!(orphans, "removed engine sandboxes no record accounted for");
         }
         n
     }
 
-    /// Destroys the engine sandboxes under this server's runsc root that are not in the table
-    /// (nor warm-pool entries) and for which `old_enough` holds, with their namespaces.
-    pub(super) async fn remove_orphans(&self, old_enough: impl Fn(&str) -> bool) -> usize {
+    /// Engine sandboxes under this server's runsc root that neither the table nor the warm pool
+    /// accounts for.
+    pub(super) async fn unaccounted_engine_sandboxes(&self) -> Vec<String> {
         let engine = std::sync::Arc::clone(&self.inner.engine);
-        let network = std::sync::Arc::clone(&self.inner.network);
+        let names =
+            tokio::task::spawn_blocking(move || engine.list().unwrap_or_default()).await.unwrap_or_default();
         let known: std::collections::HashSet<String> =
             self.table().keys().map(|k| k.to_string()).chain(self.warm_ids()).collect();
-        let names = tokio::task::spawn_blocking({
-            let engine = std::sync::Arc::clone(&engine);
-            move || engine.list().unwrap_or_default()
-        })
-        .await
-        .unwrap_or_default();
-        let orphans: Vec<String> =
-            names.into_iter().filter(|n| !known.contains(n) && old_enough(n)).collect();
+        names.into_iter().filter(|n| !known.contains(n)).collect()
+    }
+
+    /// Destroys the named engine sandboxes and their namespaces. Returns how many.
+    pub(super) async fn destroy_orphans(&self, orphans: Vec<String>) -> usize {
         let n = orphans.len();
-        if n > 0 {
-            let _ = tokio::task::spawn_blocking(move || {
-                let namespaces = network.list_namespaces();
-                for name in orphans {
-                    if let Ok(id) = crate::ids::SandboxId::parse(&name) {
-                        tracing::warn!(sandbox = %id, "removing an orphaned engine sandbox");
-                        let _ = engine.destroy(&id);
-                        for ns in namespaces.iter().filter(|ns| ns.ends_with(&name)) {
-                            let _ = network.remove_namespace(ns);
-                        }
+        if n == 0 {
+            return 0;
+        }
+        let engine = std::sync::Arc::clone(&self.inner.engine);
+        let network = std::sync::Arc::clone(&self.inner.network);
+        let _ = tokio::task::spawn_blocking(move || {
+            let namespaces = network.list_namespaces();
+            for name in orphans {
+                if let Ok(id) = crate::ids::SandboxId::parse(&name) {
+                    tracing::warn!(sandbox = %id, "removing an orphaned engine sandbox");
+                    let _ = engine.destroy(&id);
+                    for ns in namespaces.iter().filter(|ns| ns.ends_with(&name)) {
+                        let _ = network.remove_namespace(ns);
                     }
                 }
-            })
-            .await;
-        }
+            }
+        })
+        .await;
         n
     }
 

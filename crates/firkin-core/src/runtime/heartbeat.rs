@@ -53,7 +53,7 @@ impl Runtime {
                     last_ok.insert(id.clone(), now);
                     let marker = self.inner.config.layout.sandbox_run_dir(id.as_str()).join("heartbeat");
                     let stamp = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
-                    let _ = std::fs::write(marker, stamp);
+                    let _ = crate::atomic::write_atomic(&marker, stamp.as_bytes());
                 } else if now.duration_since(seen) >= self.inner.config.stuck_after {
                     // Only if it is still running (not paused or killed in the meantime).
                     if self.get(&id).is_ok_and(|r| r.state == SandboxState::Running) {
@@ -73,22 +73,16 @@ impl Runtime {
     /// earlier server started just before it was killed, completed after the reconciliation).
     async fn sweep_orphans(&self, sightings: &mut BTreeMap<String, Instant>) {
         let now = Instant::now();
-        let engine = std::sync::Arc::clone(&self.inner.engine);
-        let names =
-            tokio::task::spawn_blocking(move || engine.list().unwrap_or_default()).await.unwrap_or_default();
-        let known: std::collections::HashSet<String> =
-            self.table().keys().map(|k| k.to_string()).chain(self.warm_ids()).collect();
-        sightings.retain(|n, _| names.contains(n) && !known.contains(n));
-        for n in names.iter().filter(|n| !known.contains(*n)) {
+        let unaccounted = self.unaccounted_engine_sandboxes().await;
+        sightings.retain(|n, _| unaccounted.contains(n));
+        for n in &unaccounted {
             sightings.entry(n.clone()).or_insert(now);
         }
-        let old: std::collections::HashSet<String> = sightings
+        let old: Vec<String> = sightings
             .iter()
             .filter(|(_, seen)| now.duration_since(**seen) >= ORPHAN_GRACE)
             .map(|(n, _)| n.clone())
             .collect();
-        if !old.is_empty() {
-            self.remove_orphans(|n| old.contains(n)).await;
-        }
+        self.destroy_orphans(old).await;
     }
 }
