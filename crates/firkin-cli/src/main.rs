@@ -11,8 +11,18 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "firkin", version, about = "Self-hosted, E2B-compatible sandbox runtime on gVisor")]
 struct Cli {
+    /// Log lines as human-readable text or as one JSON object per line (for log shippers).
+    #[arg(long, global = true, env = "FIRKIN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -28,13 +38,14 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FIRKIN_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FIRKIN_LOG").unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        // Fields at the top level, so `jq .sandbox` works.
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(args) => rt.block_on(serve::run(args)),

@@ -46,25 +46,43 @@ pub fn app(state: AppState) -> Router {
 const PUBLIC_PATHS: &[&str] = &["/health", "/metrics"];
 
 async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
+    let started = std::time::Instant::now();
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     match dispatch::classify(req.headers(), req.uri().path(), req.uri().query()) {
-        Destination::Sandbox { id, port } => proxy::to_sandbox(&st, &id, port, req).await,
+        Destination::Sandbox { id, port } => {
+            let resp = proxy::to_sandbox(&st, &id, port, req).await;
+            tracing::debug!(sandbox = %id, port, %method, path, status = resp.status().as_u16(),
+                ms = started.elapsed().as_millis() as u64, "sandbox request");
+            resp
+        }
         Destination::SignedFiles => proxy::signed_files(&st, req).await,
         Destination::BadRoute(msg) => ApiError::bad_request(msg).into_response(),
         Destination::ControlPlane => {
-            if !PUBLIC_PATHS.contains(&req.uri().path()) {
-                let key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok());
-                match key {
-                    None => return ApiError::unauthorized("missing X-API-KEY header").into_response(),
-                    Some(k) if k != st.api_key => {
-                        return ApiError::unauthorized("invalid API key").into_response()
-                    }
-                    Some(_) => {}
-                }
+            let resp = control_plane(&st, req).await;
+            // Time to the response head (streamed bodies continue after this). Probes and
+            // scrapes are frequent: debug only.
+            let (status, ms) = (resp.status().as_u16(), started.elapsed().as_millis() as u64);
+            if PUBLIC_PATHS.contains(&path.as_str()) {
+                tracing::debug!(%method, path, status, ms, "api request");
+            } else {
+                tracing::info!(%method, path, status, ms, "api request");
             }
-            match st.control.clone().oneshot(req).await {
-                Ok(resp) => resp,
-                Err(never) => match never {},
-            }
+            resp
         }
+    }
+}
+
+async fn control_plane(st: &AppState, req: Request) -> Response {
+    if !PUBLIC_PATHS.contains(&req.uri().path()) {
+        let key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok());
+        match key {
+            None => return ApiError::unauthorized("missing X-API-KEY header").into_response(),
+            Some(k) if k != st.api_key => return ApiError::unauthorized("invalid API key").into_response(),
+            Some(_) => {}
+        }
+    }
+    match st.control.clone().oneshot(req).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
     }
 }
