@@ -116,3 +116,39 @@ def own_server(state_dir, *args, key="own-server-key", env=None, cleanup=True):
         if cleanup and os.path.basename(os.path.dirname(state_dir)).startswith("firkin-"):
             import shutil
             shutil.rmtree(os.path.dirname(state_dir), ignore_errors=True)
+
+
+def host_consistent(url, state, key):
+    """The host matches what the server (state dir `state`) says runs: its network namespaces,
+    runsc processes, active reservations and staging dirs. Returns the listed sandboxes."""
+    import hashlib
+    import re
+    import subprocess
+    import time
+
+    from e2b import SandboxQuery, SandboxState
+
+    conn = dict(api_key=key, api_url=url, sandbox_url=url)
+    listed = Sandbox.list(query=SandboxQuery(state=[SandboxState.RUNNING, SandboxState.PAUSED]), **conn).next_items()
+    running = {s.sandbox_id for s in listed if s.state == SandboxState.RUNNING}
+    prefix = "fk-" + hashlib.sha256(state.encode()).hexdigest()[:6] + "-"
+    deadline = time.time() + 20
+    while True:  # kills and failed operations finish their teardown in the background
+        netns = {n[len(prefix):] for n in os.listdir("/var/run/netns") if n.startswith(prefix)}
+        runsc = subprocess.run(["pgrep", "-a", "-f", "--", f"--root={state}/run/runsc"],
+                               capture_output=True, text=True).stdout
+        engine_ids = set(re.findall(r"\b([a-z0-9]{20})\b", runsc))
+        metrics = httpx.get(f"{url}/metrics").text
+        active = int(re.search(r'^firkin_reservations\{class="active"\} (\d+)$', metrics, re.M).group(1))
+        staging = [f"{d}/{n}" for d in ("templates", "snapshots/images", "snapshots/paused")
+                   for n in (os.listdir(os.path.join(state, d)) if os.path.isdir(os.path.join(state, d)) else [])
+                   if n.startswith(".")]
+        ok = netns == running and engine_ids <= running | {""} and active == len(running) and not staging
+        if ok or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert netns == running, (netns, running)
+    assert engine_ids <= running, (engine_ids, running)
+    assert active == len(running), (active, running)
+    assert staging == []
+    return listed

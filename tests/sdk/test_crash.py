@@ -3,20 +3,17 @@ then a new server on the same state: whatever it reports is real and consistent 
 process, network namespace or staging directory beyond the sandboxes it lists as running, the
 ledger holds exactly what runs, and nothing half-written is served."""
 
-import hashlib
 import os
-import re
 import signal
 import subprocess
 import tempfile
 import threading
 import time
 
-import httpx
 import pytest
-from e2b import Sandbox, SandboxQuery, SandboxState
+from e2b import Sandbox, SandboxState
 
-from conftest import FIRKIN, own_server
+from conftest import host_consistent, own_server
 
 KEY = "crash-key"
 SUBNET = "10.216.0.0"
@@ -26,34 +23,6 @@ def server_pid(url):
     port = url.rsplit(":", 1)[1]
     out = subprocess.run(["pgrep", "-f", f"firkin serve --listen 127.0.0.1:{port}"], capture_output=True, text=True)
     return int(out.stdout.split()[0])
-
-
-def consistent(url, state):
-    """The host matches what the server says runs."""
-    conn = dict(api_key=KEY, api_url=url, sandbox_url=url)
-    listed = Sandbox.list(query=SandboxQuery(state=[SandboxState.RUNNING, SandboxState.PAUSED]), **conn).next_items()
-    running = {s.sandbox_id for s in listed if s.state == SandboxState.RUNNING}
-    prefix = "fk-" + hashlib.sha256(state.encode()).hexdigest()[:6] + "-"
-    deadline = time.time() + 20
-    while True:  # kills and failed operations finish their teardown in the background
-        netns = {n[len(prefix):] for n in os.listdir("/var/run/netns") if n.startswith(prefix)}
-        runsc = subprocess.run(["pgrep", "-a", "-f", "--", f"--root={state}/run/runsc"],
-                               capture_output=True, text=True).stdout
-        engine_ids = set(re.findall(r"\b([a-z0-9]{20})\b", runsc))
-        metrics = httpx.get(f"{url}/metrics").text
-        active = int(re.search(r'^firkin_reservations\{class="active"\} (\d+)$', metrics, re.M).group(1))
-        staging = [f"{d}/{n}" for d in ("templates", "snapshots/images", "snapshots/paused")
-                   for n in (os.listdir(os.path.join(state, d)) if os.path.isdir(os.path.join(state, d)) else [])
-                   if n.startswith(".")]
-        ok = netns == running and engine_ids <= running | {""} and active == len(running) and not staging
-        if ok or time.time() > deadline:
-            break
-        time.sleep(0.5)
-    assert netns == running, (netns, running)
-    assert engine_ids <= running, (engine_ids, running)
-    assert active == len(running), (active, running)
-    assert staging == []
-    return listed
 
 
 @pytest.mark.parametrize("when", ["create", "pause", "snapshot"])
@@ -87,7 +56,7 @@ def test_kill_9_mid_operation_then_restart_is_consistent(when):
     # own_server's SIGTERM hit a dead process; start a new server on the same state.
     with own_server(state, *args, key=KEY) as url:
         conn = dict(api_key=KEY, api_url=url, sandbox_url=url)
-        listed = consistent(url, state)
+        listed = host_consistent(url, state, KEY)
         ids = {s.sandbox_id: s.state for s in listed}
         assert ids.get(keep.sandbox_id) == SandboxState.RUNNING, "the untouched sandbox was re-adopted"
         assert Sandbox.connect(keep.sandbox_id, **conn).files.read("/home/user/keep.txt") == "kept"
@@ -97,4 +66,4 @@ def test_kill_9_mid_operation_then_restart_is_consistent(when):
             assert again.commands.run("echo up").stdout == "up\n"
         for s in Sandbox.list(**conn).next_items():
             Sandbox.kill(s.sandbox_id, **conn)
-        consistent(url, state)
+        host_consistent(url, state, KEY)

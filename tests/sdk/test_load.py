@@ -9,7 +9,7 @@ import httpx
 from e2b import Sandbox
 from e2b.exceptions import RateLimitException, SandboxException
 
-from conftest import API_URL, auth_headers
+from conftest import API_URL
 
 
 def reservations():

@@ -4,7 +4,6 @@ there the moment create returns."""
 
 import base64
 import os
-import shutil
 import uuid
 
 import httpx

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use firkin_wire::agent::{
-    InitRequest, InitResponse, AGENT_PROTOCOL_HEADER, AGENT_PROTOCOL_VERSION, ENVD_VERSION,
+    InitRequest, InitResponse, AGENT_PROTOCOL_HEADER, AGENT_PROTOCOL_VERSION, ENVD_VERSION, START_EXIT_HEADER,
 };
 
 use crate::auth;
@@ -100,9 +100,14 @@ fn protocol_header() -> (&'static str, HeaderValue) {
     (AGENT_PROTOCOL_HEADER, HeaderValue::from(AGENT_PROTOCOL_VERSION))
 }
 
-/// `GET /health`: 204 always, with the agent protocol header.
-pub async fn health() -> Response {
-    (StatusCode::NO_CONTENT, [protocol_header()]).into_response()
+/// `GET /health`: 204 always, with the agent protocol header, and the start command's exit
+/// code once it has ended.
+pub async fn health(State(app): State<crate::app::AppState>) -> Response {
+    let mut resp = (StatusCode::NO_CONTENT, [protocol_header()]).into_response();
+    if let Some(code) = app.processes.start_exit() {
+        resp.headers_mut().insert(START_EXIT_HEADER, HeaderValue::from(code));
+    }
+    resp
 }
 
 /// `POST /init`.

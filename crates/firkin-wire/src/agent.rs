@@ -15,6 +15,11 @@ pub const ENVD_VERSION: &str = "0.6.13";
 pub const AGENT_PROTOCOL_VERSION: u32 = 1;
 /// Response header on `/health` and `/init` carrying [`AGENT_PROTOCOL_VERSION`].
 pub const AGENT_PROTOCOL_HEADER: &str = "x-firkin-agent-protocol";
+/// Process tag of a template's start command (its main workload).
+pub const START_TAG: &str = "firkin.start";
+/// `/health` response header carrying the start command's exit code once it has exited
+/// (`-1` when killed by a signal). Additive within protocol 1: older agents never send it.
+pub const START_EXIT_HEADER: &str = "x-firkin-start-exit";
 /// Path of the internal init route. The host proxy never forwards it from clients.
 pub const INIT_PATH: &str = "/init";
 

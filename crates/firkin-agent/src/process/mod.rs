@@ -125,6 +125,11 @@ impl ProcessService {
         Self { table: Arc::new(ProcessTable::default()), reaper }
     }
 
+    /// Exit code of the template's start command, if it has ended.
+    pub fn start_exit(&self) -> Option<i32> {
+        self.table.start_exit()
+    }
+
     fn live(&self, selector: &messages::Selector) -> Result<Arc<ProcessEntry>, ProcessError> {
         if selector.pid.is_none() && selector.tag.is_none() {
             return Err(ProcessError::NoSelector);

@@ -206,6 +206,8 @@ struct Tables {
 #[derive(Default)]
 pub struct ProcessTable {
     tables: Mutex<Tables>,
+    /// Exit code of the process tagged [`firkin_wire::agent::START_TAG`], once it has ended.
+    start_exit: Mutex<Option<i32>>,
 }
 
 fn matches(entry: &ProcessEntry, selector: &Selector) -> bool {
@@ -238,6 +240,11 @@ impl ProcessTable {
         let mut tables = lock(&self.tables);
         prune(&mut tables.exited);
         tables.exited.iter().rev().find(|(_, e)| matches(e, selector)).map(|(_, e)| e.clone())
+    }
+
+    /// Exit code of the template's start command, if it has ended.
+    pub fn start_exit(&self) -> Option<i32> {
+        *lock(&self.start_exit)
     }
 
     pub fn list(&self) -> Vec<ProcessInfo> {
@@ -312,6 +319,10 @@ pub async fn pump(
     tasks.abort_all();
     let end = end_event_for(outcome.unwrap_or(ExitOutcome::Exited(-1)));
     tracing::debug!(pid = entry.pid, status = %end.status, "process ended");
+    if entry.tag.as_deref() == Some(firkin_wire::agent::START_TAG) {
+        tracing::info!(pid = entry.pid, status = %end.status, "start command ended");
+        *lock(&table.start_exit) = Some(end.exit_code);
+    }
     entry.finish(end);
     table.retire(entry.pid);
 }

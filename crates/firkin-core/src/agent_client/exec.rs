@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::{Buf, Bytes, BytesMut};
-use firkin_wire::agent::ENVD_PORT;
+use firkin_wire::agent::{ENVD_PORT, START_TAG};
 use http_body_util::{BodyExt, Full};
 
 use super::{AgentClient, AgentError};
@@ -61,8 +61,9 @@ impl AgentClient {
         token: &str,
         command: &Command<'_>,
         timeout: Option<Duration>,
+        tag: Option<&str>,
     ) -> Result<http::Request<Full<Bytes>>, String> {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "process": {
                 "cmd": "/bin/bash",
                 "args": ["-lc", command.cmd],
@@ -71,6 +72,9 @@ impl AgentClient {
             },
             "stdin": false,
         });
+        if let Some(tag) = tag {
+            body["tag"] = tag.into();
+        }
         let payload = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
         let len = u32::try_from(payload.len()).map_err(|_| "request too large".to_owned())?;
         let mut framed = Vec::with_capacity(payload.len() + 5);
@@ -96,7 +100,7 @@ impl AgentClient {
         timeout: Duration,
     ) -> Result<ExecOutput, AgentError> {
         let call = |detail: String| AgentError::Call { addr, route: "process.Start", detail };
-        let req = self.start_request(addr, token, command, Some(timeout)).map_err(call)?;
+        let req = self.start_request(addr, token, command, Some(timeout), None).map_err(call)?;
         let run = async {
             let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
             if !resp.status().is_success() {
@@ -148,11 +152,16 @@ impl AgentClient {
             .map_err(call)
     }
 
-    /// Starts a command and leaves it running (the agent keeps it after we hang up). Returns
-    /// its pid.
-    pub async fn spawn(&self, addr: Ipv4Addr, token: &str, command: &Command<'_>) -> Result<u32, AgentError> {
+    /// Starts a template's start command (tagged [`START_TAG`], so the agent reports its exit)
+    /// and leaves it running (the agent keeps it after we hang up). Returns its pid.
+    pub async fn spawn_start(
+        &self,
+        addr: Ipv4Addr,
+        token: &str,
+        command: &Command<'_>,
+    ) -> Result<u32, AgentError> {
         let call = |detail: String| AgentError::Call { addr, route: "process.Start", detail };
-        let req = self.start_request(addr, token, command, None).map_err(call)?;
+        let req = self.start_request(addr, token, command, None, Some(START_TAG)).map_err(call)?;
         let run = async {
             let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
             if !resp.status().is_success() {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use firkin_wire::agent::{
     InitRequest, InitResponse, AGENT_PROTOCOL_HEADER, AGENT_PROTOCOL_VERSION, ENVD_PORT, INIT_PATH,
+    START_EXIT_HEADER,
 };
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -57,6 +58,13 @@ pub struct AgentClient {
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
+/// What `/health` reports besides "alive".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AgentHealth {
+    /// The template start command's exit code, once it has ended.
+    pub start_exit: Option<i32>,
+}
+
 impl Default for AgentClient {
     fn default() -> Self {
         Self::new()
@@ -72,7 +80,7 @@ impl AgentClient {
     }
 
     /// Polls `/health` until it answers 2xx, checking the agent's protocol version.
-    pub async fn wait_ready(&self, addr: Ipv4Addr, timeout: Duration) -> Result<(), AgentError> {
+    pub async fn wait_ready(&self, addr: Ipv4Addr, timeout: Duration) -> Result<AgentHealth, AgentError> {
         let start = Instant::now();
         let uri: http::Uri =
             format!("http://{addr}:{ENVD_PORT}/health").parse().map_err(|e: http::uri::InvalidUri| {
@@ -92,7 +100,12 @@ impl AgentClient {
                     if found != AGENT_PROTOCOL_VERSION.to_string() {
                         return Err(AgentError::Protocol { addr, found, supported: AGENT_PROTOCOL_VERSION });
                     }
-                    return Ok(());
+                    let start_exit = resp
+                        .headers()
+                        .get(START_EXIT_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok());
+                    return Ok(AgentHealth { start_exit });
                 }
                 Ok(Ok(resp)) => format!("status {}", resp.status()),
                 Ok(Err(e)) => e.to_string(),

@@ -2,7 +2,8 @@
 //! each answer refreshes the sandbox's heartbeat marker (`run/sandboxes/<id>/heartbeat`, the
 //! unix time of the last answer). A sandbox whose agent has not answered for `stuck_after` is
 //! stuck (its sentry hung, its processes stopped from outside, its network gone): it is killed
-//! and everything it held is released.
+//! and everything it held is released. The same probe reports when a template's start command
+//! has exited (see [`super::continuation`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -44,12 +45,19 @@ impl Runtime {
             last_ok.retain(|id, _| running.iter().any(|(r, _)| r == id));
             let probes = running.iter().map(|(id, ip)| {
                 let agent = self.inner.agent.clone();
-                async move { (id.clone(), agent.wait_ready(*ip, PROBE_TIMEOUT).await.is_ok()) }
+                async move { (id.clone(), agent.wait_ready(*ip, PROBE_TIMEOUT).await.ok()) }
             });
             let now = Instant::now();
-            for (id, ok) in futures_util::future::join_all(probes).await {
+            for (id, health) in futures_util::future::join_all(probes).await {
                 let seen = *last_ok.entry(id.clone()).or_insert(now);
-                if ok {
+                if let Some(code) = health.and_then(|h| h.start_exit) {
+                    self.start_exited(id.as_str(), code).await;
+                    if self.get(&id).is_err() {
+                        last_ok.remove(&id);
+                        continue; // ended: no marker to refresh
+                    }
+                }
+                if health.is_some() {
                     last_ok.insert(id.clone(), now);
                     let marker = self.inner.config.layout.sandbox_run_dir(id.as_str()).join("heartbeat");
                     let stamp = time::OffsetDateTime::now_utc().unix_timestamp().to_string();

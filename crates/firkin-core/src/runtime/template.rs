@@ -303,7 +303,7 @@ impl Runtime {
         if let Some(start) = &spec.start {
             progress(BuildProgress { phase, phases, message: format!("starting `{}`", start.cmd) });
             let c = Command { user: start.user.name(), cmd: &start.cmd, env: &env, cwd: workdir.as_deref() };
-            agent.spawn(ip, token, &c).await.map_err(|e| BuildError::Step {
+            agent.spawn_start(ip, token, &c).await.map_err(|e| BuildError::Step {
                 name: spec.name.clone(),
                 step: phase,
                 what: "start".into(),

@@ -178,7 +178,7 @@ impl Runtime {
                 .agent
                 .wait_ready(att.sandbox_ip, self.inner.config.ready_timeout)
                 .await
-                .map(|()| att.sandbox_ip)
+                .map(|_| att.sandbox_ip)
                 .map_err(|source| RuntimeError::NotReady { id: id.to_string(), source }),
             Err(e) => Err(e),
         };
