@@ -2,11 +2,12 @@
 # Quickstart, command 2: the whole test suite. Installs what it needs (setup.sh), checks format
 # and lints, runs the Rust tests, then starts a real server on a free loopback port and runs the
 # SDK-compatibility suite (real `e2b` SDK, real gVisor sandboxes) against it, a server-restart
-# durability check, and a short bench. Exits non-zero on any failure, including sandboxes, runsc
+# durability check, a kill -9 check, a short checked soak and a short bench. Exits non-zero on any failure, including sandboxes, runsc
 # processes or network namespaces left behind after the server stopped.
 #
 # Environment: FIRKIN_VENV (default .venv), FIRKIN_CACHE_DIR (shared rootfs cache),
-# FIRKIN_BENCH_RUNS (default 10; 0 skips the bench), FIRKIN_SUITE_TIMEOUT (whole pytest run,
+# FIRKIN_BENCH_RUNS (default 10; 0 skips the bench), FIRKIN_SOAK_MINUTES (default 2; 0 skips
+# the soak), FIRKIN_SUITE_TIMEOUT (whole pytest run,
 # seconds, default 1500), PYTEST_ARGS (extra pytest arguments, e.g. "-k files").
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -181,6 +182,12 @@ wait "$SERVER_PID" 2>/dev/null || true
 SERVER_PID=""
 start_server
 timeout 120 "$VENV/bin/python" tests/sdk/restart_check.py verify-running "$RUNNING_ID" "$RUNNING_PID"
+
+if [ "${FIRKIN_SOAK_MINUTES:-2}" != 0 ]; then
+  step "soak: create/exec/files/kill for ${FIRKIN_SOAK_MINUTES:-2} min; no failure, no growth of fds, RSS, namespaces, runsc processes"
+  timeout 900 "$VENV/bin/python" tests/soak/soak.py --server-pid "$SERVER_PID" --state-dir "$FIRKIN_STATE_DIR" \
+    --minutes "${FIRKIN_SOAK_MINUTES:-2}" --out "$RUN_DIR/soak.json" --check
+fi
 
 if [ "${FIRKIN_BENCH_RUNS:-10}" -gt 0 ]; then
   step "bench (short run; use 'firkin bench create -n 100' for the full table)"
