@@ -20,7 +20,8 @@ use crate::config::Layout;
 /// `template`; format-1 manifests are still read (their rootfs was `base-v1`).
 pub const SNAPSHOT_FORMAT: u32 = 2;
 const READABLE_FORMATS: std::ops::RangeInclusive<u32> = 1..=SNAPSHOT_FORMAT;
-const MANIFEST: &str = "manifest.json";
+/// Name of the manifest file inside a published image directory.
+pub const MANIFEST: &str = "manifest.json";
 
 /// Size and digest of one artifact file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,14 +92,15 @@ pub struct SnapshotStore {
 
 /// What tells that a file changed without reading it: size, inode and ctime (which no
 /// ordinary write can leave unchanged or set back).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeStamp {
     size: u64,
     ino: u64,
     ctime: (i64, i64),
 }
 
-fn change_stamps(dir: &Path, files: &[FileDigest]) -> Vec<ChangeStamp> {
+/// The change stamps of `files` in `dir` (a missing file gets a stamp no file matches).
+pub fn change_stamps(dir: &Path, files: &[FileDigest]) -> Vec<ChangeStamp> {
     use std::os::unix::fs::MetadataExt;
     files
         .iter()
@@ -194,11 +196,27 @@ impl SnapshotStore {
     }
 
     /// Hashes the staged files, writes the manifest and renames the directory into place.
-    pub fn publish(&self, mut manifest: SnapshotManifest) -> Result<SnapshotManifest, SnapshotError> {
+    pub fn publish(&self, manifest: SnapshotManifest) -> Result<SnapshotManifest, SnapshotError> {
+        let id = manifest.snapshot_id.clone();
+        let files = digest_dir(&self.staging_dir(&id), &[MANIFEST]).map_err(|source| SnapshotError::Io {
+            id,
+            op: "hashing staged image",
+            source,
+        })?;
+        self.publish_digested(manifest, files)
+    }
+
+    /// [`SnapshotStore::publish`] with the staged files already hashed (and fsynced) by
+    /// [`digest_dir`], e.g. while the image was being proven restorable.
+    pub fn publish_digested(
+        &self,
+        mut manifest: SnapshotManifest,
+        files: Vec<FileDigest>,
+    ) -> Result<SnapshotManifest, SnapshotError> {
         let id = manifest.snapshot_id.clone();
         let io = |op, source| SnapshotError::Io { id: id.clone(), op, source };
         let staged = self.staging_dir(&id);
-        manifest.files = digest_dir(&staged, &[MANIFEST]).map_err(|e| io("hashing staged image", e))?;
+        manifest.files = files;
         write_json_atomic(&staged.join(MANIFEST), &manifest).map_err(|e| io("writing manifest", e.source))?;
         let dest = self.image_dir(&id);
         fs::rename(&staged, &dest).map_err(|e| io("publishing", e))?;

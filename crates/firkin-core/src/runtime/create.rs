@@ -304,9 +304,12 @@ impl Runtime {
         let agent_path = cfg.agent_path.clone();
         let boot_id = id.clone();
         tokio::task::spawn_blocking(move || -> Result<_, RuntimeError> {
+            let t = Instant::now();
             let att = network
                 .attach(&boot_id, slot)
                 .map_err(|source| RuntimeError::Network { id: boot_id.to_string(), source })?;
+            tracing::debug!(sandbox = %boot_id, ms = t.elapsed().as_millis() as u64, "network attached");
+            let t = Instant::now();
             let spec = BootSpec {
                 id: boot_id.clone(),
                 rootfs,
@@ -321,6 +324,7 @@ impl Runtime {
                 Some(img) => engine.restore(&spec, img),
             }
             .map_err(|source| RuntimeError::Engine { id: boot_id.to_string(), source })?;
+            tracing::debug!(sandbox = %boot_id, ms = t.elapsed().as_millis() as u64, restore = image.is_some(), "engine started");
             Ok(att)
         })
         .await
@@ -348,9 +352,12 @@ impl Runtime {
             RuntimeError::NotReady { id: id.to_string(), source }
         })?;
         self.inner.samples.record(SampleName::ReadyProbe, t_probe.elapsed());
+        tracing::debug!(sandbox = %id, ms = t_probe.elapsed().as_millis() as u64, "agent answered");
+        let t_init = Instant::now();
         // A restored agent already holds a token (its own, or its snapshot source's) and must
         // be shown it before it accepts this sandbox's.
         self.init_agent(id, restored_token.as_deref()).await?;
+        tracing::debug!(sandbox = %id, ms = t_init.elapsed().as_millis() as u64, "agent initialised");
         let sample = if restored { SampleName::WarmSnapshotRestore } else { SampleName::ColdBoot };
         self.inner.samples.record(sample, t_boot.elapsed());
         Ok(())

@@ -17,7 +17,7 @@ use crate::ids::SandboxId;
 use crate::lifecycle::{LifecycleEvent, SandboxState};
 use crate::record::SandboxRecord;
 use crate::samples::SampleName;
-use crate::snapshot::{check_dir, digest_dir, FileDigest};
+use crate::snapshot::{change_stamps, check_dir, digest_dir, ChangeStamp, FileDigest, MANIFEST};
 
 /// How many checkpoints a pause takes before giving up (see `checkpoint_verified`).
 const CHECKPOINT_ATTEMPTS: u32 = 3;
@@ -25,10 +25,12 @@ const CHECKPOINT_ATTEMPTS: u32 = 3;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a pause waits for client connections into the sandbox to close.
 const QUIET_TIMEOUT: Duration = Duration::from_secs(3);
-/// Extra time after the last connection closed before the checkpoint. Checkpointing the agent
-/// right after it closed a connection has left the restored agent hung or with a corrupt heap
-/// (runsc 2024-07-29); with a short settle time 30+ consecutive cycles pass.
-const SETTLE: Duration = Duration::from_millis(250);
+/// Extra time after the last connection closed before the checkpoint. It was 250 ms while the
+/// agent still registered connections with epoll: checkpointing right after it closed one
+/// left the restored agent hung (runsc 2024-07-29's epoll bug, docs/design.md). The agent now
+/// serves connections on blocking threads, and by the time the host sees a connection closed
+/// the agent has closed its end too; the probe restore catches anything else.
+const SETTLE: Duration = Duration::from_millis(20);
 
 /// Version of the pause image record format.
 const PAUSE_IMAGE_FORMAT: u32 = 1;
@@ -42,10 +44,16 @@ struct PauseImageRecord {
     format: u32,
     agent_sha256: String,
     files: Vec<FileDigest>,
+    /// The files' change stamps when they were hashed. Unchanged stamps mean unchanged files,
+    /// so resume re-hashes only a file that was touched since (records without stamps, from
+    /// older servers, are hashed in full).
+    #[serde(default)]
+    stamps: Vec<ChangeStamp>,
 }
 
 impl Runtime {
-    /// Checks a pause image against its record (all digests: an image is restored once).
+    /// Checks a pause image against its record: sizes always, digests when a file changed since
+    /// it was hashed.
     fn check_pause_image(&self, image: &std::path::Path) -> Result<(), String> {
         let bytes = std::fs::read(image.join(IMAGE_RECORD)).map_err(|e| format!("{IMAGE_RECORD}: {e}"))?;
         let rec: PauseImageRecord =
@@ -56,7 +64,8 @@ impl Runtime {
         if rec.agent_sha256 != self.inner.agent_sha256 {
             return Err("taken with a different firkin-agent build".into());
         }
-        check_dir(image, &rec.files, true)
+        let full = rec.stamps.is_empty() || change_stamps(image, &rec.files) != rec.stamps;
+        check_dir(image, &rec.files, full)
     }
 
     /// Pauses a running sandbox. A paused (or pausing) one is [`RuntimeError::AlreadyPaused`].
@@ -73,6 +82,7 @@ impl Runtime {
         // a moment to see them close, so no client connection is open inside the checkpoint.
         self.cut_traffic(&rec.id, false);
         self.wait_for_quiet(&rec).await;
+        tracing::debug!(sandbox = %rec.id, ms = started.elapsed().as_millis() as u64, "pause: traffic quiet");
         if let Err(e) = self.checkpoint_verified(&rec).await {
             tracing::warn!(sandbox = %rec.id, error = %e, "pause failed; sandbox keeps running");
             let _ = self.transition(&rec.id, LifecycleEvent::Fail);
@@ -128,13 +138,15 @@ impl Runtime {
         let image = self.inner.config.layout.pause_image(rec.id.as_str());
         let parent = image.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
         let tmp = parent.join(format!(".{}.tmp", rec.id));
-        self.checkpoint_proven(rec, &tmp).await?;
-        self.publish_pause_image(&rec.id, &tmp, &image).await
+        let files = self.checkpoint_proven(rec, &tmp).await?;
+        self.publish_pause_image(&rec.id, &tmp, &image, files).await
     }
 
     /// Checkpoints the sandbox (which keeps running) into `tmp` and proves the image restorable
     /// by restoring it once into a throwaway sandbox. An image whose restored agent does not
     /// answer is retaken (the source is still running). Used by pause, snapshots and templates.
+    /// Returns the image files' digests (hashed and fsynced while the probe ran; the integrity
+    /// record and manifest names are left out).
     ///
     /// Why: runsc 20240729 can carry a deleted epoll registration through a checkpoint, and a
     /// program that trips over it after restore (the agent did, before it stopped registering
@@ -145,11 +157,26 @@ impl Runtime {
         &self,
         rec: &SandboxRecord,
         tmp: &std::path::Path,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<Vec<FileDigest>, RuntimeError> {
         for attempt in 1..=CHECKPOINT_ATTEMPTS {
+            let t = Instant::now();
             self.checkpoint_staged(&rec.id, tmp).await?;
-            if self.probe_image(rec, tmp).await {
-                return Ok(());
+            tracing::debug!(sandbox = %rec.id, ms = t.elapsed().as_millis() as u64, "checkpoint taken");
+            let t = Instant::now();
+            let dir = tmp.to_path_buf();
+            let digest = tokio::task::spawn_blocking(move || digest_dir(&dir, &[IMAGE_RECORD, MANIFEST]));
+            let (restorable, digest) = tokio::join!(self.probe_image(rec, tmp), digest);
+            tracing::debug!(sandbox = %rec.id, ms = t.elapsed().as_millis() as u64, restorable, "checkpoint probed and hashed");
+            if restorable {
+                return digest.map_err(|e| RuntimeError::Internal(format!("hashing task: {e}")))?.map_err(
+                    |e| {
+                        RuntimeError::Internal(format!(
+                            "checkpoint of {}: hashing {}: {e}",
+                            rec.id,
+                            tmp.display()
+                        ))
+                    },
+                );
             }
             tracing::warn!(sandbox = %rec.id, attempt, "checkpoint did not restore to a live agent; retaking it");
             let _ = std::fs::remove_dir_all(tmp);
@@ -216,6 +243,7 @@ impl Runtime {
         id: &SandboxId,
         tmp: &std::path::Path,
         image: &std::path::Path,
+        files: Vec<FileDigest>,
     ) -> Result<(), RuntimeError> {
         let agent_sha256 = self.inner.agent_sha256.clone();
         let (cid, tmp, image) = (id.clone(), tmp.to_path_buf(), image.to_path_buf());
@@ -223,8 +251,8 @@ impl Runtime {
             let io = |what: &str, e: std::io::Error| {
                 RuntimeError::Internal(format!("pause of {cid}: {what}: {e}"))
             };
-            let files = digest_dir(&tmp, &[IMAGE_RECORD]).map_err(|e| io("hashing image", e))?;
-            let record = PauseImageRecord { format: PAUSE_IMAGE_FORMAT, agent_sha256, files };
+            let stamps = change_stamps(&tmp, &files);
+            let record = PauseImageRecord { format: PAUSE_IMAGE_FORMAT, agent_sha256, files, stamps };
             write_json_atomic(&tmp.join(IMAGE_RECORD), &record)
                 .map_err(|e| io("writing image record", e.source))?;
             let _ = std::fs::remove_dir_all(&image);

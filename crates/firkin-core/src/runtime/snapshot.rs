@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use time::OffsetDateTime;
 
 use super::{CreateSandbox, Runtime, RuntimeError};
@@ -13,6 +14,9 @@ use crate::lifecycle::{LifecycleEvent, SandboxState};
 use crate::record::SandboxRecord;
 use crate::samples::SampleName;
 use crate::snapshot::{SnapshotManifest, SnapshotStore, SNAPSHOT_FORMAT};
+
+/// How many fork children restore at once.
+const FORK_PARALLEL: usize = 4;
 
 impl Runtime {
     /// Snapshots a running sandbox, which keeps running. `memory: Some(false)` (filesystem-only
@@ -69,7 +73,7 @@ impl Runtime {
             &rec.id,
             if saved.is_ok() { LifecycleEvent::SnapshotDone } else { LifecycleEvent::Fail },
         )?;
-        saved?;
+        let files = saved?;
         let mut manifest = SnapshotManifest {
             format: SNAPSHOT_FORMAT,
             snapshot_id: artifact_id.clone(),
@@ -92,7 +96,7 @@ impl Runtime {
         };
         customize(&mut manifest);
         let store = Arc::clone(store);
-        let published = tokio::task::spawn_blocking(move || store.publish(manifest))
+        let published = tokio::task::spawn_blocking(move || store.publish_digested(manifest, files))
             .await
             .map_err(|e| RuntimeError::Internal(format!("snapshot publish task: {e}")))?
             .map_err(|source| RuntimeError::Snapshot { source })?;
@@ -134,8 +138,9 @@ impl Runtime {
         }
         let source = self.get_visible(id)?;
         let snap = self.create_snapshot(id, None, None).await?;
-        let mut children = Vec::with_capacity(count);
-        for _ in 0..count {
+        // Children restore a few at a time: restores overlap their I/O and agent start-up,
+        // and the bound keeps a large fork from crowding out other creates.
+        let one_child = |_| {
             let req = CreateSandbox {
                 template_id: snap.snapshot_id.clone(),
                 metadata: source.metadata.clone(),
@@ -143,14 +148,18 @@ impl Runtime {
                 on_timeout: Some(source.on_timeout),
                 ..Default::default()
             };
-            let child = self.create(req).await.map(|mut r| {
-                // Children report the source's template, as E2B does.
-                r.template_id = source.template_id.clone();
-                let _ = self.update(&r.id, |x| x.template_id = source.template_id.clone());
-                r
-            });
-            children.push(child);
-        }
+            let template_id = source.template_id.clone();
+            async move {
+                self.create(req).await.map(|mut r| {
+                    // Children report the source's template, as E2B does.
+                    let _ = self.update(&r.id, |x| x.template_id = template_id.clone());
+                    r.template_id = template_id;
+                    r
+                })
+            }
+        };
+        let children: Vec<_> =
+            futures_util::stream::iter(0..count).map(one_child).buffered(FORK_PARALLEL).collect().await;
         let _ = self.delete_snapshot(&snap.snapshot_id);
         Ok(children)
     }
