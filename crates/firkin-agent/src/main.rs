@@ -22,6 +22,7 @@ mod json;
 mod listener;
 mod metrics;
 mod paths;
+mod portforward;
 mod process;
 mod reaper;
 mod rpc;
@@ -59,6 +60,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     tokio::spawn(reaper.clone().run());
     let app = app::router(app::AppState::new(reaper));
     let listener = listener::BlockingAcceptListener::bind(args.listen)?;
+    portforward::start();
     tracing::info!(addr = %args.listen, pid = std::process::id(), "firkin-agent listening");
     axum::serve(listener, app).await?;
     Ok(())
