@@ -165,6 +165,17 @@ def test_exited_start_command_is_captured_as_an_exited_continuation(server):
     assert Sandbox.delete_snapshot(f"continuation-{sbx.sandbox_id}", **conn) is True
     assert httpx.delete(f"{url}/templates/{name}", headers=auth_headers(KEY)).status_code == 204
 
+    # A start command that had already ended when the template was checkpointed (a one-shot)
+    # is not the sandbox exiting.
+    body = {"name": f"{name}-once", "start": {"cmd": "echo started once"}}
+    r = httpx.post(f"{url}/firkin/v1/templates", json=body, headers=auth_headers(KEY), timeout=180)
+    assert r.status_code == 201, r.text
+    once = Sandbox.create(f"{name}-once", timeout=60, metadata={"firkin.continuation": "on"}, **conn)
+    time.sleep(3)
+    assert once.is_running()
+    once.kill()
+    assert httpx.delete(f"{url}/templates/{name}-once", headers=auth_headers(KEY)).status_code == 204
+
 
 def test_logs_are_json_lines_with_event_fields(server):
     conn = server["conn"]

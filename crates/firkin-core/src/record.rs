@@ -48,6 +48,10 @@ pub struct SandboxRecord {
     /// Sandboxes the server runs for itself (template builds): never listed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub internal: bool,
+    /// The template's start command had already ended when this sandbox came up (a one-shot
+    /// start command, or a follow-up of an exited sandbox): that end is not this sandbox exiting.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub start_ended: bool,
     /// Capacity reservation held in this server's ledger (not meaningful across restarts).
     #[serde(skip)]
     pub reservation: Option<u64>,

@@ -55,12 +55,12 @@ impl Runtime {
 
     /// The heartbeat saw the start command of running sandbox `id` end with `code`. A sandbox
     /// that opted into continuations is captured (reason `exited`) and ended; others keep
-    /// running, as E2B sandboxes do (nor is a follow-up of an exited sandbox ended again).
+    /// running, as E2B sandboxes do, and so does one whose start command had ended before it
+    /// came up (a one-shot start command, or a follow-up of an exited sandbox).
     pub(super) async fn start_exited(&self, id: &str, code: i32) {
         let Ok(rec) = self.get_visible(id) else { return };
         let opted_in = rec.metadata.get(CONTINUATION_KEY).map(String::as_str) == Some("on");
-        let is_follow_up = rec.metadata.get(REASON_KEY).map(String::as_str) == Some("exited");
-        if rec.state != SandboxState::Running || !opted_in || is_follow_up {
+        if rec.state != SandboxState::Running || !opted_in || rec.start_ended {
             return;
         }
         tracing::info!(sandbox = id, exit_code = code, "start command exited; ending the sandbox");

@@ -167,7 +167,9 @@ impl Runtime {
             )
             .await;
         match booted {
-            Ok(()) => {}
+            Ok(health) => {
+                let _ = self.update(&id, |r| r.start_ended = health.start_exit.is_some());
+            }
             Err(e) => {
                 tracing::warn!(sandbox = %id, error = %e, "create failed; cleaning up");
                 self.teardown(&id, Some(slot)).await;
@@ -215,6 +217,7 @@ impl Runtime {
             rootfs: source.rootfs_name.clone(),
             workdir: source.workdir.clone(),
             internal: source.internal,
+            start_ended: false,
             auto_resume: req.auto_resume,
             reservation: Some(reservation),
         }
@@ -237,6 +240,7 @@ impl Runtime {
         );
         let mut record = self.new_record(&e.id, req, source, resources, (e.slot, e.reservation), timeout);
         record.agent_ip = e.ip;
+        record.start_ended = e.start_ended;
         self.table().insert(e.id.clone(), record);
         let init = async {
             self.persist(&e.id)?;
@@ -333,7 +337,11 @@ impl Runtime {
 
     /// Attaches the network and boots (or, with `image`, restores) the sandbox, then waits for
     /// its agent and initialises it. Returns the network slot's sandbox address.
-    pub(super) async fn boot_and_init(&self, id: &SandboxId, plan: BootPlan) -> Result<(), RuntimeError> {
+    pub(super) async fn boot_and_init(
+        &self,
+        id: &SandboxId,
+        plan: BootPlan,
+    ) -> Result<crate::agent_client::AgentHealth, RuntimeError> {
         let cfg = &self.inner.config;
         let t_boot = Instant::now();
         let restored = plan.image.is_some();
@@ -344,7 +352,7 @@ impl Runtime {
         self.persist(id)?;
 
         let t_probe = Instant::now();
-        self.inner.agent.wait_ready(ip, cfg.ready_timeout).await.map_err(|source| {
+        let health = self.inner.agent.wait_ready(ip, cfg.ready_timeout).await.map_err(|source| {
             let log = cfg.layout.sandbox_run_dir(id.as_str()).join("sandbox.log");
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(8).collect();
@@ -360,7 +368,7 @@ impl Runtime {
         tracing::debug!(sandbox = %id, ms = t_init.elapsed().as_millis() as u64, "agent initialised");
         let sample = if restored { SampleName::WarmSnapshotRestore } else { SampleName::ColdBoot };
         self.inner.samples.record(sample, t_boot.elapsed());
-        Ok(())
+        Ok(health)
     }
 
     /// Sends `/init` with the record's token and env.

@@ -118,6 +118,7 @@ mod tests {
             rootfs: "base-v1".into(),
             workdir: None,
             internal: false,
+            start_ended: false,
             auto_resume: false,
             reservation: None,
         }

@@ -28,6 +28,8 @@ pub(super) struct WarmEntry {
     pub reservation: u64,
     /// The template artifact it was restored from (a rebuilt template makes it stale).
     pub artifact: String,
+    /// Its start command had ended by the time it answered.
+    pub start_ended: bool,
 }
 
 /// Pool contents and supervisor state.
@@ -178,12 +180,19 @@ impl Runtime {
                 .agent
                 .wait_ready(att.sandbox_ip, self.inner.config.ready_timeout)
                 .await
-                .map(|_| att.sandbox_ip)
+                .map(|h| (att.sandbox_ip, h.start_exit.is_some()))
                 .map_err(|source| RuntimeError::NotReady { id: id.to_string(), source }),
             Err(e) => Err(e),
         };
         match ready {
-            Ok(ip) => Ok(Some(WarmEntry { id, slot, ip, reservation, artifact: m.snapshot_id.clone() })),
+            Ok((ip, start_ended)) => Ok(Some(WarmEntry {
+                id,
+                slot,
+                ip,
+                reservation,
+                artifact: m.snapshot_id.clone(),
+                start_ended,
+            })),
             Err(e) => {
                 self.teardown(&id, Some(slot)).await;
                 let _ = self.inner.admission.release(reservation);
