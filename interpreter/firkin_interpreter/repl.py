@@ -216,6 +216,20 @@ class ProcessRuntime:
             for line in self._handle(event, token, state):
                 yield line
 
+    def _startup_events(self, events):
+        """Yields the new process's events until READY_TIMEOUT has passed (then TimeoutError);
+        RuntimeError if the process dies first."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                event = events.get(timeout=TICK)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(self._exit_text())
+                continue
+            yield event
+        raise TimeoutError("%s did not start in %.0f s" % (self.name, READY_TIMEOUT))
+
     def _exit_text(self):
         proc = self.proc
         rc = proc.poll() if proc is not None else None
@@ -268,20 +282,12 @@ class NodeRuntime(ProcessRuntime):
         return proc
 
     def _wait_ready(self, events):
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                event = events.get(timeout=TICK)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(self._exit_text())
-                continue
+        for event in self._startup_events(events):
             for msg in self._messages(event):
                 if msg.get("type") == "ready":
                     return
             if event[0] == "text" and event[1] == "stderr":
                 log.warning("node: %s", event[2].rstrip())
-        raise TimeoutError("node did not start in %.0f s" % READY_TIMEOUT)
 
     def _messages(self, event):
         """The driver's JSON messages carried by a protocol event (lines may span reads)."""

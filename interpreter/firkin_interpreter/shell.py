@@ -15,12 +15,10 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
-import queue
 
 from . import mime
 from .jupyter import kernel_root
-from .repl import ProcessRuntime, READY_TIMEOUT, TICK, _child_env, _reader
+from .repl import ProcessRuntime, _child_env, _reader
 
 MARK = "\x1eFIRKIN-END "
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -71,17 +69,10 @@ class BashRuntime(ProcessRuntime):
     def _wait_ready(self, events):
         self._write("trap 'return 130 2>/dev/null' INT\ntrue\n" + self._end_commands("ready"))
         state = {"done": False}
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not state["done"]:
-            if time.monotonic() > deadline:
-                raise TimeoutError("bash did not start in %.0f s" % READY_TIMEOUT)
-            try:
-                event = events.get(timeout=TICK)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(self._exit_text())
-                continue
+        for event in self._startup_events(events):
             self._handle(event, "ready", state)
+            if state["done"]:
+                return
 
     def _env_command(self, set_vars, unset):
         parts = ["unset %s\n" % k for k in unset if _NAME.match(k)]

@@ -118,6 +118,14 @@ def own_server(state_dir, *args, key="own-server-key", env=None, cleanup=True):
             shutil.rmtree(os.path.dirname(state_dir), ignore_errors=True)
 
 
+def reservations(url=API_URL):
+    """The server's capacity reservations by class (`active`, `warm`, `paused`) from /metrics."""
+    import re
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {c: int(n) for c, n in re.findall(r'^firkin_reservations\{class="(\w+)"\} (\d+)$', text, re.M)}
+
+
 def host_consistent(url, state, key):
     """The host matches what the server (state dir `state`) says runs: its network namespaces,
     runsc processes, active reservations and staging dirs. Returns the listed sandboxes."""
@@ -138,8 +146,7 @@ def host_consistent(url, state, key):
         runsc = subprocess.run(["pgrep", "-a", "-f", "--", f"--root={state}/run/runsc"],
                                capture_output=True, text=True).stdout
         engine_ids = set(re.findall(r"\b([a-z0-9]{20})\b", runsc))
-        metrics = httpx.get(f"{url}/metrics").text
-        active = int(re.search(r'^firkin_reservations\{class="active"\} (\d+)$', metrics, re.M).group(1))
+        active = reservations(url).get("active", 0)
         staging = [f"{d}/{n}" for d in ("templates", "snapshots/images", "snapshots/paused")
                    for n in (os.listdir(os.path.join(state, d)) if os.path.isdir(os.path.join(state, d)) else [])
                    if n.startswith(".")]

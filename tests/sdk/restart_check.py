@@ -12,42 +12,44 @@ import sys
 from e2b import Sandbox, SandboxState
 
 
-def prepare():
-    sbx = Sandbox.create(timeout=300, envs={"KEPT": "yes"})
-    sbx.files.write("/home/user/durable.txt", "written before the restart")
+def _prepare(kept, path, text):
+    """A sandbox with env KEPT, a file and a background process; prints its id and the pid."""
+    sbx = Sandbox.create(timeout=300, envs={"KEPT": kept})
+    sbx.files.write(path, text)
     h = sbx.commands.run("sleep 100000", background=True)
     h.disconnect()
+    return sbx, h.pid
+
+
+def _verify(sandbox_id, pid, state, kept, path, text):
+    """The sandbox is listed in `state`, and after connect its file, env and process are intact."""
+    info = Sandbox.get_info(sandbox_id)
+    assert info.state == state, info.state
+    sbx = Sandbox.connect(sandbox_id)
+    assert sbx.files.read(path) == text
+    assert sbx.commands.run("echo $KEPT").stdout == kept + "\n"
+    assert sbx.commands.run(f"ps -o comm= -p {pid}").stdout.strip() == "sleep"
+    assert sbx.kill() is True
+
+
+def prepare():
+    sbx, pid = _prepare("yes", "/home/user/durable.txt", "written before the restart")
     assert sbx.pause() is True
-    print(sbx.sandbox_id, h.pid)
+    print(sbx.sandbox_id, pid)
 
 
 def verify(sandbox_id, pid):
-    info = Sandbox.get_info(sandbox_id)
-    assert info.state == SandboxState.PAUSED, info.state
-    sbx = Sandbox.connect(sandbox_id)
-    assert sbx.files.read("/home/user/durable.txt") == "written before the restart"
-    assert sbx.commands.run("echo $KEPT").stdout == "yes\n"
-    assert sbx.commands.run(f"ps -o comm= -p {pid}").stdout.strip() == "sleep"
-    assert sbx.kill() is True
+    _verify(sandbox_id, pid, SandboxState.PAUSED, "yes", "/home/user/durable.txt", "written before the restart")
     print("restart check: paused sandbox survived the restart and resumed intact")
 
 
 def prepare_running():
-    sbx = Sandbox.create(timeout=300, envs={"KEPT": "running"})
-    sbx.files.write("/home/user/alive.txt", "written before the crash")
-    h = sbx.commands.run("sleep 100000", background=True)
-    h.disconnect()
-    print(sbx.sandbox_id, h.pid)
+    sbx, pid = _prepare("running", "/home/user/alive.txt", "written before the crash")
+    print(sbx.sandbox_id, pid)
 
 
 def verify_running(sandbox_id, pid):
-    info = Sandbox.get_info(sandbox_id)
-    assert info.state == SandboxState.RUNNING, info.state
-    sbx = Sandbox.connect(sandbox_id)
-    assert sbx.files.read("/home/user/alive.txt") == "written before the crash"
-    assert sbx.commands.run("echo $KEPT").stdout == "running\n"
-    assert sbx.commands.run(f"ps -o comm= -p {pid}").stdout.strip() == "sleep"
-    assert sbx.kill() is True
+    _verify(sandbox_id, pid, SandboxState.RUNNING, "running", "/home/user/alive.txt", "written before the crash")
     print("crash check: the running sandbox was re-adopted after kill -9 of the server")
 
 

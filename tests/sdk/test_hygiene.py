@@ -12,7 +12,6 @@ can be told to fail restores):
 
 import json
 import os
-import re
 import subprocess
 import tempfile
 import time
@@ -23,7 +22,7 @@ import pytest
 from e2b import Sandbox, SandboxQuery
 from e2b.exceptions import SandboxException
 
-from conftest import auth_headers, host_consistent, own_server
+from conftest import auth_headers, host_consistent, own_server, reservations
 
 KEY = "hygiene-key"
 
@@ -60,8 +59,7 @@ def server():
 
 
 def active_reservations(url):
-    metrics = httpx.get(f"{url}/metrics").text
-    return int(re.search(r'^firkin_reservations\{class="active"\} (\d+)$', metrics, re.M).group(1))
+    return reservations(url).get("active", 0)
 
 
 def test_stuck_sandbox_is_killed_and_its_capacity_released(server):

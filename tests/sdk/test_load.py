@@ -1,20 +1,13 @@
 """Load: 50 concurrent creates on this small box. Every request either succeeds or gets a clean
 429/503 E2B error, none hangs, and afterwards no active or paused capacity is held."""
 
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 from e2b import Sandbox
 from e2b.exceptions import RateLimitException, SandboxException
 
-from conftest import API_URL
-
-
-def reservations():
-    text = httpx.get(f"{API_URL}/metrics", timeout=10).text
-    return {c: int(n) for c, n in re.findall(r'^firkin_reservations\{class="(\w+)"\} (\d+)$', text, re.M)}
+from conftest import reservations
 
 
 def test_fifty_concurrent_creates_succeed_or_are_refused_cleanly(tag):

@@ -335,6 +335,25 @@ impl Runtime {
         .map_err(|e| RuntimeError::Internal(format!("boot task: {e}")))?
     }
 
+    /// Starts the engine sandbox and waits for its agent to answer, with no record and no
+    /// `/init`: warm-pool entries and checkpoint probes. Returns its address and what its agent
+    /// reported.
+    pub(super) async fn start_unrecorded(
+        &self,
+        id: &SandboxId,
+        plan: BootPlan,
+        timeout: Duration,
+    ) -> Result<(std::net::Ipv4Addr, crate::agent_client::AgentHealth), RuntimeError> {
+        let att = self.start_engine(id, plan).await?;
+        let health = self
+            .inner
+            .agent
+            .wait_ready(att.sandbox_ip, timeout)
+            .await
+            .map_err(|source| RuntimeError::NotReady { id: id.to_string(), source })?;
+        Ok((att.sandbox_ip, health))
+    }
+
     /// Attaches the network and boots (or, with `image`, restores) the sandbox, then waits for
     /// its agent and initialises it. Returns the network slot's sandbox address.
     pub(super) async fn boot_and_init(

@@ -225,10 +225,10 @@ impl Runtime {
             image: Some(image.to_path_buf()),
             restored_token: None,
         };
-        let ok = match self.start_engine(&probe, plan).await {
-            Ok(att) => self.inner.agent.wait_ready(att.sandbox_ip, PROBE_TIMEOUT).await.is_ok(),
+        let ok = match self.start_unrecorded(&probe, plan, PROBE_TIMEOUT).await {
+            Ok(_) => true,
             Err(e) => {
-                tracing::warn!(sandbox = %rec.id, error = %e, "checkpoint probe did not start");
+                tracing::warn!(sandbox = %rec.id, error = %e, "checkpoint probe restore failed");
                 false
             }
         };

@@ -173,26 +173,18 @@ impl Runtime {
             image: Some(self.inner.template_store.image_dir(&m.snapshot_id)),
             restored_token: Some(m.access_token.clone()),
         };
-        let started = self.start_engine(&id, plan).await;
-        let ready = match started {
-            Ok(att) => self
-                .inner
-                .agent
-                .wait_ready(att.sandbox_ip, self.inner.config.ready_timeout)
-                .await
-                .map(|h| (att.sandbox_ip, h.start_exit.is_some()))
-                .map_err(|source| RuntimeError::NotReady { id: id.to_string(), source }),
-            Err(e) => Err(e),
-        };
-        match ready {
-            Ok((ip, start_ended)) => Ok(Some(WarmEntry {
-                id,
-                slot,
-                ip,
-                reservation,
-                artifact: m.snapshot_id.clone(),
-                start_ended,
-            })),
+        match self.start_unrecorded(&id, plan, self.inner.config.ready_timeout).await {
+            Ok((ip, health)) => {
+                let start_ended = health.start_exit.is_some();
+                Ok(Some(WarmEntry {
+                    id,
+                    slot,
+                    ip,
+                    reservation,
+                    artifact: m.snapshot_id.clone(),
+                    start_ended,
+                }))
+            }
             Err(e) => {
                 self.teardown(&id, Some(slot)).await;
                 let _ = self.inner.admission.release(reservation);
