@@ -1,4 +1,4 @@
-//! The HTTP application: shared state and the route table.
+//! The HTTP application: the state shared by all handlers and the route table.
 
 use std::sync::Arc;
 
@@ -6,13 +6,14 @@ use axum::extract::FromRef;
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::context::ConfigCell;
 use crate::filesystem::FilesystemService;
-use crate::init::ConfigCell;
 use crate::process::ProcessService;
 use crate::reaper::Reaper;
 use crate::{auth, files, init, metrics, rpc};
 
-/// State shared by all handlers.
+/// State shared by all handlers. Each handler extracts only the parts it uses (through the
+/// `FromRef` impls below), so handler modules never name this type.
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<ConfigCell>,
@@ -23,6 +24,18 @@ pub struct AppState {
 impl FromRef<AppState> for Arc<ConfigCell> {
     fn from_ref(state: &AppState) -> Self {
         state.config.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<ProcessService> {
+    fn from_ref(state: &AppState) -> Self {
+        state.processes.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<FilesystemService> {
+    fn from_ref(state: &AppState) -> Self {
+        state.filesystem.clone()
     }
 }
 

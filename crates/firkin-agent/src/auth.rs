@@ -1,5 +1,5 @@
-//! Request authentication: the `X-Access-Token` gate in front of every route, and the
-//! `Authorization: Basic base64("<user>:")` header that selects the user of an RPC.
+//! Request authentication: the `X-Access-Token` gate in front of every route. (The
+//! `Authorization: Basic` header that selects the user of an RPC is read in `crate::context`.)
 
 use std::sync::Arc;
 
@@ -7,11 +7,9 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
-use base64::Engine;
 
+use crate::context::ConfigCell;
 use crate::http_error::json_error;
-use crate::init::ConfigCell;
-use crate::user::{SandboxUser, UserError};
 
 /// Header carrying the sandbox access token.
 pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
@@ -53,52 +51,10 @@ pub async fn gate(State(cell): State<Arc<ConfigCell>>, req: Request, next: Next)
     }
 }
 
-/// Why the user of a request could not be determined.
-#[derive(Debug, thiserror::Error)]
-pub enum RequestUserError {
-    #[error("invalid Authorization header: {0}")]
-    BadHeader(&'static str),
-    #[error(transparent)]
-    User(#[from] UserError),
-}
-
-/// The username named by a Basic `Authorization` header, if any.
-pub fn basic_auth_username(headers: &HeaderMap) -> Result<Option<String>, RequestUserError> {
-    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let text = value.to_str().map_err(|_| RequestUserError::BadHeader("not ASCII"))?;
-    let Some(encoded) = text.strip_prefix("Basic ").or_else(|| text.strip_prefix("basic ")) else {
-        return Err(RequestUserError::BadHeader("not Basic"));
-    };
-    let decoded = crate::json::decode_bytes(encoded)
-        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(encoded.trim()))
-        .map_err(|_| RequestUserError::BadHeader("bad base64"))?;
-    let text = String::from_utf8(decoded).map_err(|_| RequestUserError::BadHeader("not UTF-8"))?;
-    let name = text.split(':').next().unwrap_or_default();
-    Ok((!name.is_empty()).then(|| name.to_string()))
-}
-
-/// Resolves the user an RPC runs as: the Basic-auth user, else `default_user`.
-pub fn request_user(headers: &HeaderMap, default_user: &str) -> Result<SandboxUser, RequestUserError> {
-    let name = basic_auth_username(headers)?.unwrap_or_else(|| default_user.to_string());
-    Ok(SandboxUser::lookup(&name)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
-
-    #[test]
-    fn basic_header_parsing() {
-        let mut h = HeaderMap::new();
-        assert_eq!(basic_auth_username(&h).unwrap(), None);
-        h.insert("authorization", HeaderValue::from_static("Basic cm9vdDo="));
-        assert_eq!(basic_auth_username(&h).unwrap(), Some("root".into()));
-        h.insert("authorization", HeaderValue::from_static("Bearer x"));
-        assert!(basic_auth_username(&h).is_err());
-    }
 
     #[test]
     fn token_check() {

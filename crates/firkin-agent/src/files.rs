@@ -20,9 +20,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::auth;
+use crate::context::{AgentConfig, ConfigCell};
 use crate::filesystem::{chown_to, ensure_dirs, xattr, UPLOAD_TEMP_PREFIX};
 use crate::http_error::json_error;
-use crate::init::{AgentConfig, ConfigCell};
 use crate::user::{SandboxUser, UserError};
 
 /// Metadata limits (envd's).

@@ -1,9 +1,8 @@
-//! The agent's sandbox-wide configuration, set by the host through `POST /init`
-//! (access token, env vars, default user and workdir), and the `/init` and `/envs` routes.
+//! The `/init`, `/health` and `/envs` routes: `/init` builds the sandbox-wide configuration
+//! (access token, env vars, default user and workdir; held in `crate::context`) from the host's
+//! request and publishes the env vars to in-sandbox services.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -14,57 +13,13 @@ use firkin_wire::agent::{
 };
 
 use crate::auth;
+use crate::context::{AgentConfig, ConfigCell};
 use crate::http_error::json_error;
+use crate::process::ProcessService;
 use crate::user::SandboxUser;
 
 /// The user processes run as when the host names none.
 pub const FALLBACK_DEFAULT_USER: &str = "user";
-
-/// Configuration in force after a successful `/init`.
-#[derive(Debug, Clone)]
-pub struct AgentConfig {
-    pub sandbox_id: String,
-    /// Empty means "no token required" (matches envd without a token).
-    pub access_token: String,
-    pub env_vars: BTreeMap<String, String>,
-    pub default_user: String,
-    pub default_workdir: PathBuf,
-}
-
-impl AgentConfig {
-    /// Default working directory for `user`: the configured one for the default user, else
-    /// the user's home.
-    pub fn workdir_for(&self, user: &SandboxUser) -> PathBuf {
-        if user.name == self.default_user {
-            self.default_workdir.clone()
-        } else {
-            user.home.clone()
-        }
-    }
-}
-
-/// Holder of the (possibly not yet set) configuration.
-#[derive(Debug, Default)]
-pub struct ConfigCell {
-    inner: RwLock<Option<Arc<AgentConfig>>>,
-}
-
-impl ConfigCell {
-    pub fn get(&self) -> Option<Arc<AgentConfig>> {
-        match self.inner.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    fn set(&self, config: AgentConfig) {
-        let mut guard = match self.inner.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *guard = Some(Arc::new(config));
-    }
-}
 
 /// Why an init request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -102,9 +57,9 @@ fn protocol_header() -> (&'static str, HeaderValue) {
 
 /// `GET /health`: 204 always, with the agent protocol header, and the start command's exit
 /// code once it has ended.
-pub async fn health(State(app): State<crate::app::AppState>) -> Response {
+pub async fn health(State(processes): State<Arc<ProcessService>>) -> Response {
     let mut resp = (StatusCode::NO_CONTENT, [protocol_header()]).into_response();
-    if let Some(code) = app.processes.start_exit() {
+    if let Some(code) = processes.start_exit() {
         resp.headers_mut().insert(START_EXIT_HEADER, HeaderValue::from(code));
     }
     resp

@@ -14,6 +14,7 @@
 mod app;
 mod auth;
 mod connect;
+mod context;
 mod files;
 mod filesystem;
 mod http_error;

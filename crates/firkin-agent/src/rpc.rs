@@ -3,7 +3,6 @@
 //! services and encodes their answers.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -12,55 +11,15 @@ use axum::response::Response;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
-use crate::app::AppState;
-use crate::auth::{self, RequestUserError};
 use crate::connect::{
     self, unary_response, Code, ConnectError, EnvelopeDecoder, FramingError, UNARY_CONTENT_TYPE,
 };
-use crate::filesystem::{self, watch};
-use crate::init::AgentConfig;
-use crate::process;
-use crate::user::SandboxUser;
+use crate::context::{CallContext, ConfigCell};
+use crate::filesystem::{self, watch, FilesystemService};
+use crate::process::{self, ProcessService};
 
 /// Largest unary request body accepted.
 const MAX_UNARY_BODY: usize = 64 << 20;
-/// Default `Keepalive-Ping-Interval` in seconds.
-const DEFAULT_KEEPALIVE_SECS: u64 = 50;
-
-/// Per-call data taken from the request headers and the agent configuration.
-pub struct CallContext {
-    pub config: Arc<AgentConfig>,
-    headers: HeaderMap,
-}
-
-impl CallContext {
-    /// The user the call runs as.
-    pub fn user(&self) -> Result<SandboxUser, RequestUserError> {
-        auth::request_user(&self.headers, &self.config.default_user)
-    }
-
-    /// Silence after which a stream sends a keepalive message.
-    pub fn keepalive(&self) -> Duration {
-        let secs = self
-            .headers
-            .get("keepalive-ping-interval")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .filter(|s| *s > 0)
-            .unwrap_or(DEFAULT_KEEPALIVE_SECS);
-        Duration::from_secs(secs)
-    }
-
-    /// The `Connect-Timeout-Ms` deadline, if any.
-    pub fn timeout(&self) -> Option<Duration> {
-        self.headers
-            .get("connect-timeout-ms")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .filter(|ms| *ms > 0)
-            .map(Duration::from_millis)
-    }
-}
 
 fn bad_request(what: impl std::fmt::Display) -> ConnectError {
     ConnectError::new(Code::InvalidArgument, format!("invalid request: {what}"))
@@ -97,27 +56,26 @@ fn unimplemented(service: &str, method: &str) -> ConnectError {
     ConnectError::new(Code::Unimplemented, format!("{service}/{method} is not implemented"))
 }
 
-fn context(state: &AppState, headers: HeaderMap) -> Result<CallContext, ConnectError> {
-    let config =
-        state.config.get().ok_or_else(|| ConnectError::new(Code::Unavailable, "agent not initialised"))?;
-    Ok(CallContext { config, headers })
+fn context(cell: &ConfigCell, headers: HeaderMap) -> Result<CallContext, ConnectError> {
+    let config = cell.get().ok_or_else(|| ConnectError::new(Code::Unavailable, "agent not initialised"))?;
+    Ok(CallContext::new(config, headers))
 }
 
 /// `POST /process.Process/{method}`.
 pub async fn process_rpc(
-    State(state): State<AppState>,
+    State(cell): State<Arc<ConfigCell>>,
+    State(svc): State<Arc<ProcessService>>,
     Path(method): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let ctx = match context(&state, headers) {
+    let ctx = match context(&cell, headers) {
         Ok(c) => c,
         Err(e) => return connect::unary_error(&e),
     };
-    let svc = &state.processes;
     match method.as_str() {
         "Start" => {
-            let req = match stream_request(&ctx.headers, body).await {
+            let req = match stream_request(ctx.headers(), body).await {
                 Ok(r) => r,
                 Err(e) => return connect::stream_error(e),
             };
@@ -131,7 +89,7 @@ pub async fn process_rpc(
             }
         }
         "Connect" => {
-            let req = match stream_request(&ctx.headers, body).await {
+            let req = match stream_request(ctx.headers(), body).await {
                 Ok(r) => r,
                 Err(e) => return connect::stream_error(e),
             };
@@ -144,7 +102,7 @@ pub async fn process_rpc(
                 Err(e) => connect::stream_error(e.into()),
             }
         }
-        "StreamInput" => stream_input(svc.clone(), body).await,
+        "StreamInput" => stream_input(svc, body).await,
         "List" => match unary_body::<serde_json::Value>(body).await {
             Ok(_) => connect::unary_ok(&svc.list()),
             Err(e) => connect::unary_error(&e),
@@ -170,7 +128,7 @@ pub async fn process_rpc(
 }
 
 /// `StreamInput`: consumes envelopes as they arrive, writing each input in order.
-async fn stream_input(svc: Arc<process::ProcessService>, body: Body) -> Response {
+async fn stream_input(svc: Arc<ProcessService>, body: Body) -> Response {
     let mut decoder = EnvelopeDecoder::default();
     let mut target = None;
     let mut stream = body.into_data_stream();
@@ -206,19 +164,19 @@ async fn stream_input(svc: Arc<process::ProcessService>, body: Body) -> Response
 
 /// `POST /filesystem.Filesystem/{method}`.
 pub async fn filesystem_rpc(
-    State(state): State<AppState>,
+    State(cell): State<Arc<ConfigCell>>,
+    State(svc): State<Arc<FilesystemService>>,
     Path(method): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let ctx = match context(&state, headers) {
+    let ctx = match context(&cell, headers) {
         Ok(c) => c,
         Err(e) => return connect::unary_error(&e),
     };
-    let svc = &state.filesystem;
     if method == "WatchDir" {
         let result = async {
-            let req: filesystem::WatchRequest = stream_request(&ctx.headers, body).await?;
+            let req: filesystem::WatchRequest = stream_request(ctx.headers(), body).await?;
             let user = ctx.user().map_err(filesystem::FsError::from)?;
             Ok::<_, ConnectError>(svc.watch(&user, &req)?)
         }
@@ -236,7 +194,6 @@ pub async fn filesystem_rpc(
         Ok(u) => u,
         Err(e) => return connect::unary_error(&filesystem::FsError::from(e).into()),
     };
-    let svc = svc.clone();
     let result: Result<serde_json::Value, ConnectError> = async {
         // Decode asynchronously, then do the (blocking) filesystem work off the reactor.
         let call: Box<dyn FnOnce() -> Result<serde_json::Value, filesystem::FsError> + Send> =

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use self::watch::{WatchError, WatcherTable};
-use crate::auth::RequestUserError;
 use crate::connect::{Code, ConnectError};
+use crate::context::RequestUserError;
 use crate::json;
 use crate::user::SandboxUser;
 

@@ -22,11 +22,10 @@ use self::messages::{
     UpdateRequest,
 };
 use self::registry::{InputError, ProcessEntry, ProcessTable, Subscription};
-use crate::auth::RequestUserError;
 use crate::connect::{Code, ConnectError, StreamWriter};
+use crate::context::{CallContext, RequestUserError};
 use crate::json::EnumValue;
 use crate::reaper::Reaper;
-use crate::rpc::CallContext;
 
 /// Errors of the process service, each naming the operation and process.
 #[derive(Debug, thiserror::Error)]
