@@ -400,52 +400,83 @@ async fn upload_inner(
     authorize(config, req.headers(), &q, FileOperation::Write)?;
     let user = query_user(config, &q)?;
     let metadata = metadata_from_headers(req.headers())?;
-    let gzipped = req
-        .headers()
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
-    let is_multipart = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let gzipped = is_gzip_encoded(req.headers());
+    let multipart = is_multipart(req.headers());
     let query_path =
         q.path.as_deref().filter(|p| !p.is_empty()).map(|p| crate::paths::resolve(p, &user.home));
 
-    if !is_multipart {
+    if !multipart {
         let target = query_path.ok_or(FilesError::MissingPath)?;
-        let mut pending = PendingFile::begin(target.clone(), &user).await?;
-        let mut gunzip = gzipped.then(Gunzip::new);
-        let mut stream = req.into_body().into_data_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| FilesError::BadBody(e.to_string()))?;
-            match gunzip.as_mut() {
-                Some(g) => pending.write(&g.feed(&chunk)?).await?,
-                None => pending.write(&chunk).await?,
-            }
-        }
-        if let Some(g) = gunzip {
-            pending.write(&g.finish()?).await?;
-        }
-        pending.commit(&user, &metadata).await?;
+        let gunzip = gzipped.then(Gunzip::new);
+        upload_body(req.into_body(), &target, gunzip, &user, &metadata).await?;
         return Ok(vec![result_item(&target, &metadata)]);
     }
+    let req = if gzipped { gunzip_request(req).await? } else { req };
+    upload_multipart(req, query_path.as_deref(), &user, &metadata).await
+}
 
-    let req = if gzipped {
-        let (parts, body) = req.into_parts();
-        let compressed =
-            axum::body::to_bytes(body, usize::MAX).await.map_err(|e| FilesError::BadBody(e.to_string()))?;
-        let mut plain = Vec::new();
-        flate2::read::GzDecoder::new(&compressed[..])
-            .read_to_end(&mut plain)
-            .map_err(|e| FilesError::BadBody(format!("gzip: {e}")))?;
-        let mut parts = parts;
-        parts.headers.remove(header::CONTENT_ENCODING);
-        Request::from_parts(parts, Body::from(plain))
-    } else {
-        req
-    };
+/// Whether the upload body is sent with `Content-Encoding: gzip`.
+fn is_gzip_encoded(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"))
+}
+
+/// Whether the upload body is `multipart/form-data` (else it is the file's bytes).
+fn is_multipart(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"))
+}
+
+/// Writes a whole request body (gunzipped as it streams in, when `gunzip` is given) to
+/// `target`.
+async fn upload_body(
+    body: Body,
+    target: &Path,
+    mut gunzip: Option<Gunzip>,
+    user: &SandboxUser,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), FilesError> {
+    let mut pending = PendingFile::begin(target.to_path_buf(), user).await?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| FilesError::BadBody(e.to_string()))?;
+        match gunzip.as_mut() {
+            Some(g) => pending.write(&g.feed(&chunk)?).await?,
+            None => pending.write(&chunk).await?,
+        }
+    }
+    if let Some(g) = gunzip {
+        pending.write(&g.finish()?).await?;
+    }
+    pending.commit(user, metadata).await
+}
+
+/// A gzipped multipart request with its body decompressed (in memory: the multipart parser
+/// needs the plain bytes) and `Content-Encoding` removed.
+async fn gunzip_request(req: Request) -> Result<Request, FilesError> {
+    let (mut parts, body) = req.into_parts();
+    let compressed =
+        axum::body::to_bytes(body, usize::MAX).await.map_err(|e| FilesError::BadBody(e.to_string()))?;
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(&compressed[..])
+        .read_to_end(&mut plain)
+        .map_err(|e| FilesError::BadBody(format!("gzip: {e}")))?;
+    parts.headers.remove(header::CONTENT_ENCODING);
+    Ok(Request::from_parts(parts, Body::from(plain)))
+}
+
+/// Writes every `file` field of a multipart upload: to `query_path` when given, else to the
+/// field's file name (resolved against the user's home). A path may appear only once.
+async fn upload_multipart(
+    req: Request,
+    query_path: Option<&Path>,
+    user: &SandboxUser,
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<serde_json::Value>, FilesError> {
     let mut multipart =
         Multipart::from_request(req, &()).await.map_err(|e| FilesError::BadBody(e.body_text()))?;
     let mut seen = HashSet::new();
@@ -456,20 +487,20 @@ async fn upload_inner(
         if field.name() != Some("file") {
             continue;
         }
-        let target = match (&query_path, field.file_name()) {
-            (Some(p), _) => p.clone(),
+        let target = match (query_path, field.file_name()) {
+            (Some(p), _) => p.to_path_buf(),
             (None, Some(name)) if !name.is_empty() => crate::paths::resolve(name, &user.home),
             _ => return Err(FilesError::MissingPath),
         };
         if !seen.insert(target.clone()) {
             return Err(FilesError::DuplicatePath(target));
         }
-        let mut pending = PendingFile::begin(target.clone(), &user).await?;
+        let mut pending = PendingFile::begin(target.clone(), user).await?;
         while let Some(chunk) = field.chunk().await.map_err(|e| FilesError::BadBody(e.body_text()))? {
             pending.write(&chunk).await?;
         }
-        pending.commit(&user, &metadata).await?;
-        items.push(result_item(&target, &metadata));
+        pending.commit(user, metadata).await?;
+        items.push(result_item(&target, metadata));
     }
     if items.is_empty() {
         return Err(FilesError::NoFiles);
