@@ -1,5 +1,6 @@
 //! `firkin doctor`: preflight checks with actionable messages.
 
+use std::path::Path;
 use std::process::Command;
 
 use firkin_core::config::Layout;
@@ -7,98 +8,121 @@ use firkin_core::template::{BASE_ROOTFS, INTERPRETER_ROOTFS, ROOTFS_MANIFEST};
 
 use crate::setup::HostArgs;
 
+/// A check's verdict: `Ok` with what was found, or `Err` saying what is wrong and how to fix it.
+type Verdict = Result<String, String>;
+
 pub fn run(args: &HostArgs) -> anyhow::Result<()> {
-    let mut failures = 0;
-    let mut check = |name: &str, ok: bool, detail: String| {
-        println!("[{}] {name}: {detail}", if ok { " ok " } else { "FAIL" });
-        if !ok {
-            failures += 1;
-        }
-    };
-    let root = nix::unistd::Uid::effective().is_root();
-    check(
-        "running as root",
-        root,
-        if root { "yes".into() } else { "firkin needs root for namespaces and runsc; run as root".into() },
-    );
-    match Command::new(&args.runsc).arg("--version").output() {
-        Ok(out) => {
-            let v = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_owned();
-            // Debian's builds are `0.0~YYYYMMDD`; the 2022 build in plain bookworm is too old.
-            let date: Option<u32> =
-                v.split("0.0~").nth(1).and_then(|d| d.get(..8)).and_then(|d| d.parse().ok());
-            let recent = date.is_none_or(|d| d >= 20240101);
-            let detail = if recent {
-                v
-            } else {
-                format!("{v}: too old (checkpoint/restore with networking needs a 2024 build); install runsc from bookworm-backports (scripts/setup.sh)")
-            };
-            check("runsc", out.status.success() && recent, detail);
-        }
-        Err(e) => {
-            check("runsc", false, format!("{e}; install it with scripts/setup.sh (bookworm-backports)"))
-        }
-    }
-    let ip_ok =
-        Command::new("ip").args(["netns", "list"]).output().map(|o| o.status.success()).unwrap_or(false);
-    check(
-        "network namespaces (ip netns)",
-        ip_ok,
-        if ip_ok { "usable".into() } else { "install iproute2 and run as root".into() },
-    );
+    let mut report = Report::default();
+    report.record("running as root", running_as_root());
+    report.record("runsc", runsc(&args.runsc));
+    report.record("network namespaces (ip netns)", network_namespaces());
     let layout = Layout::from_env();
     for name in [BASE_ROOTFS, INTERPRETER_ROOTFS] {
-        let rootfs = layout.rootfs_dir(name);
-        let have = rootfs.join(ROOTFS_MANIFEST).exists();
-        check(
-            &format!("rootfs {name}"),
-            have,
-            if have {
-                rootfs.display().to_string()
-            } else {
-                format!("{} missing or incomplete: run scripts/setup.sh", rootfs.display())
-            },
-        );
+        report.record(&format!("rootfs {name}"), rootfs(&layout, name));
     }
+    report.record("free disk for artifacts", free_disk(&layout, args));
+    report.record("agent binary", agent_binary(args));
+    report.record("cgroups", cgroups());
+    anyhow::ensure!(report.failures == 0, "{} check(s) failed", report.failures);
+    Ok(())
+}
+
+/// Prints every verdict as it comes and counts the failures.
+#[derive(Default)]
+struct Report {
+    failures: usize,
+}
+
+impl Report {
+    /// Prints `[ ok ] name: detail` or `[FAIL] name: detail`.
+    fn record(&mut self, name: &str, verdict: Verdict) {
+        let (tag, detail) = match verdict {
+            Ok(detail) => (" ok ", detail),
+            Err(detail) => {
+                self.failures += 1;
+                ("FAIL", detail)
+            }
+        };
+        println!("[{tag}] {name}: {detail}");
+    }
+}
+
+fn running_as_root() -> Verdict {
+    if nix::unistd::Uid::effective().is_root() {
+        Ok("yes".into())
+    } else {
+        Err("firkin needs root for namespaces and runsc; run as root".into())
+    }
+}
+
+/// `runsc --version` works and the build is recent enough.
+fn runsc(runsc: &Path) -> Verdict {
+    let out = Command::new(runsc)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("{e}; install it with scripts/setup.sh (bookworm-backports)"))?;
+    let v = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_owned();
+    // Debian's builds are `0.0~YYYYMMDD`; the 2022 build in plain bookworm is too old.
+    let date: Option<u32> = v.split("0.0~").nth(1).and_then(|d| d.get(..8)).and_then(|d| d.parse().ok());
+    if date.is_some_and(|d| d < 20240101) {
+        return Err(format!("{v}: too old (checkpoint/restore with networking needs a 2024 build); install runsc from bookworm-backports (scripts/setup.sh)"));
+    }
+    if out.status.success() {
+        Ok(v)
+    } else {
+        Err(v)
+    }
+}
+
+fn network_namespaces() -> Verdict {
+    let usable =
+        Command::new("ip").args(["netns", "list"]).output().map(|o| o.status.success()).unwrap_or(false);
+    if usable {
+        Ok("usable".into())
+    } else {
+        Err("install iproute2 and run as root".into())
+    }
+}
+
+/// The prepared rootfs `name` is complete (its manifest is written last).
+fn rootfs(layout: &Layout, name: &str) -> Verdict {
+    let rootfs = layout.rootfs_dir(name);
+    if rootfs.join(ROOTFS_MANIFEST).exists() {
+        Ok(rootfs.display().to_string())
+    } else {
+        Err(format!("{} missing or incomplete: run scripts/setup.sh", rootfs.display()))
+    }
+}
+
+/// The state directory has room for the largest of the disk floors.
+fn free_disk(layout: &Layout, args: &HostArgs) -> Verdict {
     let floors = args.disk_floors;
     let need = floors.restore_mb.max(floors.snapshot_mb).max(floors.warm_mb);
-    match firkin_core::admission::host::free_disk_mb(&layout.state_dir) {
-        Some(free) => check(
-            "free disk for artifacts",
-            free >= need,
-            if free >= need {
-                format!("{free} MiB free under {}", layout.state_dir.display())
-            } else {
-                format!(
-                    "only {free} MiB free under {}; restores, saves or warm refills below their floors ({} / {} / {} MiB) are refused: free space, move FIRKIN_STATE_DIR, or lower --disk-floors",
-                    layout.state_dir.display(),
-                    floors.restore_mb,
-                    floors.snapshot_mb,
-                    floors.warm_mb
-                )
-            },
-        ),
-        None => {
-            check("free disk for artifacts", false, format!("cannot stat {}", layout.state_dir.display()))
-        }
+    let state_dir = layout.state_dir.display();
+    let free = firkin_core::admission::host::free_disk_mb(&layout.state_dir)
+        .ok_or_else(|| format!("cannot stat {state_dir}"))?;
+    if free >= need {
+        Ok(format!("{free} MiB free under {state_dir}"))
+    } else {
+        Err(format!(
+            "only {free} MiB free under {state_dir}; restores, saves or warm refills below their floors ({} / {} / {} MiB) are refused: free space, move FIRKIN_STATE_DIR, or lower --disk-floors",
+            floors.restore_mb, floors.snapshot_mb, floors.warm_mb
+        ))
     }
-    match args.agent_path() {
-        Ok(p) => check("agent binary", true, p.display().to_string()),
-        Err(e) => check("agent binary", false, e.to_string()),
+}
+
+fn agent_binary(args: &HostArgs) -> Verdict {
+    args.agent_path().map(|p| p.display().to_string()).map_err(|e| e.to_string())
+}
+
+fn cgroups() -> Verdict {
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let v1 = ["memory", "cpuacct"].iter().all(|c| Path::new("/sys/fs/cgroup").join(c).is_dir());
+    if v2 {
+        Ok("v2 (unified)".into())
+    } else if v1 {
+        Ok("v1/hybrid (memory, cpuacct controllers)".into())
+    } else {
+        Err("no usable cgroup hierarchy under /sys/fs/cgroup: sandbox limits and metrics need one".into())
     }
-    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    let v1 = ["memory", "cpuacct"].iter().all(|c| std::path::Path::new("/sys/fs/cgroup").join(c).is_dir());
-    check(
-        "cgroups",
-        v2 || v1,
-        if v2 {
-            "v2 (unified)".into()
-        } else if v1 {
-            "v1/hybrid (memory, cpuacct controllers)".into()
-        } else {
-            "no usable cgroup hierarchy under /sys/fs/cgroup: sandbox limits and metrics need one".into()
-        },
-    );
-    anyhow::ensure!(failures == 0, "{failures} check(s) failed");
-    Ok(())
 }
