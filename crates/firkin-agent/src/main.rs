@@ -2,11 +2,14 @@
 //! `process.Process` / `filesystem.Filesystem`, `/files`, `/health`, `/envs`, `/metrics`)
 //! plus the host-only `/init`.
 //!
-//! Layout: `app` (routes, shared state), `auth` (token gate, Basic-auth user), `init`
-//! (`/init`, `/health`, `/envs`, sandbox config), `connect` (Connect framing and error codes),
-//! `json` (proto3 JSON value rules), `listener` (accept and connection threads; nothing in epoll), `rpc` (method dispatch), `process/*` (spawn, pty, registry,
-//! exit mapping), `filesystem/*` (EntryInfo, xattrs, watchers), `files` (`/files`), `metrics`,
-//! `reaper` (the single `waitpid` owner, see its docs for the PID-1 design), `user`, `paths`.
+//! Layout: `app` (route table, handler state), `context` (what the handlers share: sandbox
+//! config, request user, RPC call context), `auth` (token gate), `init` (`/init`, `/health`,
+//! `/envs`), `rpc` (method dispatch), `process/*` (spawn, pty, registry, exit mapping),
+//! `filesystem/*` (EntryInfo, xattrs, watchers), `files` (`/files`), `metrics`, `connect`
+//! (Connect framing and error codes), `json` (proto3 JSON value rules), `http_error` (plain-HTTP
+//! error body), `listener` (accept and connection threads; nothing in epoll), `portforward`
+//! (loopback-only servers reachable from outside), `reaper` (the single `waitpid` owner, see its
+//! docs for the PID-1 design), `user`, `paths`.
 //!
 //! Run on a host for testing (as root, so user switching works):
 //! `firkin-agent --listen 127.0.0.1:53983`, then `POST /init` with an `InitRequest`.
