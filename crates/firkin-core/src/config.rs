@@ -97,7 +97,7 @@ pub struct RuntimeConfig {
     /// A running sandbox whose agent has not answered for this long is killed as stuck.
     pub stuck_after: Duration,
     /// Free-space floors for restores, checkpoint saves and warm refills.
-    pub disk_floors: crate::runtime::disk::DiskFloors,
+    pub disk_floors: DiskFloors,
     /// Warm-pool depth per template id (0 or absent: no pool).
     pub warm_pool: std::collections::BTreeMap<String, usize>,
 }
@@ -122,8 +122,22 @@ impl RuntimeConfig {
             max_queue: 64,
             admission_wait: Duration::from_secs(30),
             stuck_after: Duration::from_secs(60),
-            disk_floors: crate::runtime::disk::DiskFloors::default(),
+            disk_floors: DiskFloors::default(),
             warm_pool: std::collections::BTreeMap::new(),
         }
+    }
+}
+
+/// Floors in MiB (defaults from the architecture contract: 10 GiB, 10 GiB, 20 GiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskFloors {
+    pub restore_mb: u64,
+    pub snapshot_mb: u64,
+    pub warm_mb: u64,
+}
+
+impl Default for DiskFloors {
+    fn default() -> Self {
+        DiskFloors { restore_mb: 10 * 1024, snapshot_mb: 10 * 1024, warm_mb: 20 * 1024 }
     }
 }

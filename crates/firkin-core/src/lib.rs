@@ -6,6 +6,7 @@ pub mod admission;
 pub mod agent_client;
 pub mod atomic;
 pub mod config;
+pub mod digest;
 pub mod engine;
 #[cfg(any(test, feature = "test-support"))]
 pub mod fake_agent;

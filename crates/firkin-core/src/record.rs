@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::admission::ledger::ReservationId;
 use crate::ids::SandboxId;
 use crate::lifecycle::SandboxState;
 
@@ -54,7 +55,7 @@ pub struct SandboxRecord {
     pub start_ended: bool,
     /// Capacity reservation held in this server's ledger (not meaningful across restarts).
     #[serde(skip)]
-    pub reservation: Option<u64>,
+    pub reservation: Option<ReservationId>,
 }
 
 /// The action taken when a sandbox reaches `end_at`.

@@ -5,16 +5,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::atomic::write_json_atomic;
 use crate::config::Layout;
+use crate::digest::sha256_file;
 
 /// Version of the snapshot manifest format. 2 added `rootfs`, `rootfsId`, `workdir` and
 /// `template`; format-1 manifests are still read (their rootfs was `base-v1`).
@@ -109,23 +108,6 @@ pub fn change_stamps(dir: &Path, files: &[FileDigest]) -> Vec<ChangeStamp> {
             Err(_) => ChangeStamp { size: u64::MAX, ino: 0, ctime: (0, 0) },
         })
         .collect()
-}
-
-/// SHA-256 (hex) of a file, streamed.
-pub fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut f = fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok((size, h.finalize().iter().map(|b| format!("{b:02x}")).collect()))
 }
 
 /// Size and SHA-256 of every file in `dir` (sorted by name, `skip` left out), fsyncing each.
@@ -284,9 +266,12 @@ impl SnapshotStore {
     /// Moves a snapshot out of the store into `quarantine/`.
     pub fn quarantine(&self, id: &str) {
         let q = &self.quarantine;
-        let _ = fs::create_dir_all(q);
         let stamp = OffsetDateTime::now_utc().unix_timestamp();
-        let _ = fs::rename(self.image_dir(id), q.join(format!("{id}.{stamp}")));
+        let moved = fs::create_dir_all(q)
+            .and_then(|()| fs::rename(self.image_dir(id), q.join(format!("{id}.{stamp}"))));
+        if let Err(e) = moved {
+            tracing::warn!(snapshot = id, error = %e, "moving a snapshot to quarantine failed");
+        }
         self.lock_verified().remove(id);
         tracing::error!(snapshot = id, "snapshot quarantined");
     }

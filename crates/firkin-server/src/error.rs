@@ -51,7 +51,8 @@ impl IntoResponse for ApiError {
 
 impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> ApiError {
-        if let RuntimeError::Admission(a) = &e {
+        // A failed cleanup does not change what the caller is told; the message keeps both.
+        if let RuntimeError::Admission(a) = e.primary() {
             let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
             match a {
                 AdmissionError::TooLarge { .. } => {
@@ -65,7 +66,7 @@ impl From<RuntimeError> for ApiError {
             tracing::warn!(error = %e, "create rejected by admission");
             return err;
         }
-        let status = match &e {
+        let status = match e.primary() {
             RuntimeError::Template(TemplateError::NotFound(_)) => StatusCode::NOT_FOUND,
             RuntimeError::Template(TemplateError::RootfsMissing { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             RuntimeError::Template(TemplateError::UnknownBase(_)) | RuntimeError::TemplateSpec(_) => {
@@ -96,7 +97,8 @@ impl From<RuntimeError> for ApiError {
             | RuntimeError::Agent { .. }
             | RuntimeError::Admission(_)
             | RuntimeError::Persist(_)
-            | RuntimeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | RuntimeError::Internal(_)
+            | RuntimeError::WithCleanup { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
             tracing::error!(error = %e, "request failed");

@@ -4,8 +4,15 @@ use std::collections::BTreeMap;
 
 use super::{Class, Resource, Resources};
 
-/// Identifies one reservation.
-pub type ReservationId = u64;
+/// Identifies one reservation in this server's ledger (not meaningful across restarts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReservationId(u64);
+
+impl std::fmt::Display for ReservationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
 
 /// Outcome of asking for capacity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +50,7 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(capacity: Resources) -> Ledger {
-        Ledger { capacity, entries: BTreeMap::new(), next: 1 }
+        Ledger { capacity, entries: BTreeMap::new(), next: ReservationId(1) }
     }
 
     pub fn capacity(&self) -> Resources {
@@ -85,7 +92,7 @@ impl Ledger {
         }
         if amount.fits_in(&self.free()) {
             let id = self.next;
-            self.next += 1;
+            self.next = ReservationId(id.0 + 1);
             self.entries.insert(id, Entry { class, amount });
             return Decision::Admitted(id);
         }

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use super::error::Operation;
 use super::{Runtime, RuntimeError};
 use crate::lifecycle::SandboxState;
 use crate::snapshot::SnapshotStore;
@@ -83,7 +84,7 @@ impl Runtime {
         let name = continuation_name(id);
         let source = id.to_owned();
         let captured = self
-            .capture(&rec, &store, SnapshotStore::new_id("cont"), move |m| {
+            .capture(&rec, &store, SnapshotStore::new_id("cont"), Operation::Snapshot, move |m| {
                 m.names = vec![name];
                 m.metadata.insert(REASON_KEY.into(), reason.as_str().into());
                 m.metadata.insert(FROM_KEY.into(), source);

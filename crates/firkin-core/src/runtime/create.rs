@@ -1,16 +1,18 @@
-//! `create`: validate → reserve an id and a network slot → attach network → boot → readiness
-//! probe → init the agent → expose. Any failure after the slot is taken undoes everything.
+//! `create`: resolve the template or snapshot → check the request → check out a warm sandbox,
+//! or claim capacity and a network slot and restore the checkpoint (through `boot`) → expose.
+//! What a starting sandbox holds is owned by its [`Claim`]; any failure releases all of it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use firkin_wire::agent::{InitRequest, AGENT_PROTOCOL_VERSION};
 use time::OffsetDateTime;
 
+use super::boot::BootPlan;
+use super::claim::{Claim, Held};
+use super::error::Operation;
+use super::warm::WarmEntry;
 use super::{Runtime, RuntimeError};
-use crate::admission::{Class, Resources};
-use crate::engine::BootSpec;
+use crate::admission::Resources;
 use crate::ids::{generate_secret, SandboxId};
 use crate::lifecycle::{LifecycleEvent, SandboxState};
 use crate::record::{OnTimeout, SandboxRecord, RECORD_FORMAT};
@@ -31,16 +33,11 @@ pub struct CreateSandbox {
     pub allow_internet_access: Option<bool>,
 }
 
-/// How to start one sandbox's engine side.
-pub(super) struct BootPlan {
-    pub rootfs: std::path::PathBuf,
-    pub slot: u32,
-    pub cpu: u32,
-    pub mem: u32,
-    /// Restore this checkpoint image instead of booting.
-    pub image: Option<std::path::PathBuf>,
-    /// The token the restored agent already holds.
-    pub restored_token: Option<String>,
+/// CPUs and memory of one sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SandboxSize {
+    pub cpu_count: u32,
+    pub memory_mb: u32,
 }
 
 /// What a sandbox starts from: a rootfs (boot; template builds only) or a checkpoint image of a
@@ -111,7 +108,8 @@ impl Runtime {
         Err(crate::template::TemplateError::NotFound(req.template_id).into())
     }
 
-    /// Validates, reserves, and boots or restores one sandbox from `source`.
+    /// Validates, reserves, and boots or restores one sandbox from `source`. Everything it holds
+    /// until it runs is owned by a [`Claim`], so a failure anywhere releases all of it.
     pub(super) async fn launch(
         &self,
         req: CreateSandbox,
@@ -119,8 +117,39 @@ impl Runtime {
     ) -> Result<SandboxRecord, RuntimeError> {
         let cfg = &self.inner.config;
         self.check_request(&req)?;
-        let timeout = self.clamp_timeout(req.timeout)?;
-        // A restored image keeps the resources it was taken with.
+        let timeout = self.checked_timeout(req.timeout)?;
+        let size = self.sandbox_size(&req, &source)?;
+        if let Some(image) = &source.image {
+            self.check_disk_floor(super::disk::DiskOp::Restore, image)?;
+        }
+        let id = SandboxId::generate();
+        let op = if source.internal { Operation::TemplateBuild } else { Operation::Create };
+        let want = Resources::new(size.cpu_count, size.memory_mb, cfg.disk_size_mb);
+        let mut claim = Claim::active(self, &id, op, want).await?;
+        let held = Held { slot: claim.slot(), reservation: claim.reservation() };
+        self.table().insert(id.clone(), self.new_record(&id, &req, &source, size, held, timeout));
+        claim.recorded();
+        let plan = BootPlan {
+            rootfs: cfg.layout.rootfs_dir(&source.rootfs_name),
+            cpu: size.cpu_count,
+            mem: size.memory_mb,
+            image: source.image,
+            restored_token: source.restored_token,
+        };
+        let booted = self.boot_and_init(&mut claim, plan).await;
+        if let Err(e) = &booted {
+            tracing::warn!(sandbox = %id, error = %e, "{op} failed; cleaning up");
+        }
+        let health = claim.or_release(booted).await?;
+        claim.commit();
+        self.update(&id, |r| r.start_ended = health.start_exit.is_some());
+        self.expose(&id, timeout, None)
+    }
+
+    /// The validated size of a new sandbox: a restored image keeps the resources it was taken
+    /// with; otherwise the request's, or the server's defaults.
+    fn sandbox_size(&self, req: &CreateSandbox, source: &Source) -> Result<SandboxSize, RuntimeError> {
+        let cfg = &self.inner.config;
         let cpu_count = source.cpu_count.or(req.cpu_count).unwrap_or(cfg.default_cpu_count);
         if cpu_count == 0 || cpu_count > cfg.max_cpu_count {
             return Err(RuntimeError::InvalidRequest(format!(
@@ -135,66 +164,38 @@ impl Runtime {
                 cfg.max_memory_mb
             )));
         }
-
-        if let Some(image) = &source.image {
-            self.check_disk_floor(super::disk::DiskOp::Restore, image)?;
-        }
-        let id = SandboxId::generate();
-        let want = Resources::new(cpu_count, memory_mb, cfg.disk_size_mb);
-        let grant = self.inner.admission.reserve(want, Class::Active, cfg.admission_wait).await?;
-        self.discard_evicted(&grant.evicted);
-        let Some(slot) = self.slots().take() else {
-            let _ = self.inner.admission.release(grant.id);
-            return Err(RuntimeError::Network {
-                id: id.to_string(),
-                source: crate::network::NetworkError::Exhausted(super::NET_SLOTS),
-            });
-        };
-        let record = self.new_record(&id, &req, &source, (cpu_count, memory_mb), (slot, grant.id), timeout);
-        self.table().insert(id.clone(), record);
-
-        let booted = self
-            .boot_and_init(
-                &id,
-                BootPlan {
-                    rootfs: cfg.layout.rootfs_dir(&source.rootfs_name),
-                    slot,
-                    cpu: cpu_count,
-                    mem: memory_mb,
-                    image: source.image,
-                    restored_token: source.restored_token,
-                },
-            )
-            .await;
-        match booted {
-            Ok(health) => {
-                let _ = self.update(&id, |r| r.start_ended = health.start_exit.is_some());
-            }
-            Err(e) => {
-                tracing::warn!(sandbox = %id, error = %e, "create failed; cleaning up");
-                self.teardown(&id, Some(slot)).await;
-                self.table().remove(&id);
-                let _ = self.inner.admission.release(grant.id);
-                let _ = std::fs::remove_file(self.inner.config.layout.sandbox_record(id.as_str()));
-                return Err(e);
-            }
-        }
-        let rec = self.transition(&id, LifecycleEvent::Ready)?;
-        // A create that took long still gets its full timeout from now.
-        let rec = self.update(&id, |r| r.end_at = OffsetDateTime::now_utc() + timeout).unwrap_or(rec);
-        tracing::info!(sandbox = %id, template = %rec.template_id, "sandbox running");
-        self.start_freshness_sync(&id);
-        Ok(self.get(&id).unwrap_or(rec))
+        Ok(SandboxSize { cpu_count, memory_mb })
     }
 
-    /// The record of a new sandbox, `Creating`, holding `slot` and `reservation`.
+    /// Makes a started sandbox visible: `Running`, with its full timeout counted from now (a
+    /// create that took long still gets all of it), and its freshness sync started.
+    fn expose(
+        &self,
+        id: &SandboxId,
+        timeout: Duration,
+        warm_checkout: Option<Instant>,
+    ) -> Result<SandboxRecord, RuntimeError> {
+        let rec = self.transition(id, LifecycleEvent::Ready)?;
+        let rec = self.update(id, |r| r.end_at = OffsetDateTime::now_utc() + timeout).unwrap_or(rec);
+        match warm_checkout {
+            Some(t) => {
+                self.inner.samples.record(SampleName::WarmPoolCheckout, t.elapsed());
+                tracing::info!(sandbox = %id, template = %rec.template_id, took = ?t.elapsed(), "sandbox running (warm pool)");
+            }
+            None => tracing::info!(sandbox = %id, template = %rec.template_id, "sandbox running"),
+        }
+        self.start_freshness_sync(id);
+        Ok(self.get(id).unwrap_or(rec))
+    }
+
+    /// The record of a new sandbox, `Creating`, holding what its claim holds.
     fn new_record(
         &self,
         id: &SandboxId,
         req: &CreateSandbox,
         source: &Source,
-        (cpu_count, memory_mb): (u32, u32),
-        (slot, reservation): (u32, u64),
+        size: SandboxSize,
+        held: Held,
         timeout: Duration,
     ) -> SandboxRecord {
         let now = OffsetDateTime::now_utc();
@@ -207,57 +208,50 @@ impl Runtime {
             env_vars: source.base_env.clone().into_iter().chain(req.env_vars.clone()).collect(),
             started_at: now,
             end_at: now + timeout,
-            cpu_count,
-            memory_mb,
+            cpu_count: size.cpu_count,
+            memory_mb: size.memory_mb,
             disk_size_mb: self.inner.config.disk_size_mb,
             access_token: generate_secret(),
             on_timeout: req.on_timeout.unwrap_or(OnTimeout::Kill),
-            net_slot: Some(slot),
+            net_slot: Some(held.slot),
             agent_ip: std::net::Ipv4Addr::UNSPECIFIED,
             rootfs: source.rootfs_name.clone(),
             workdir: source.workdir.clone(),
             internal: source.internal,
             start_ended: false,
             auto_resume: req.auto_resume,
-            reservation: Some(reservation),
+            reservation: held.reservation,
         }
     }
 
     /// Turns a checked-out warm sandbox into the requested one: its record, then `/init` with
-    /// this sandbox's token and env. On failure everything it held is released.
+    /// this sandbox's token and env. On failure the entry's claim releases everything.
     async fn adopt_warm(
         &self,
         req: &CreateSandbox,
         source: &Source,
-        e: super::warm::WarmEntry,
+        entry: WarmEntry,
     ) -> Result<SandboxRecord, RuntimeError> {
         let started = Instant::now();
-        let timeout = self.clamp_timeout(req.timeout)?;
+        let timeout = self.checked_timeout(req.timeout)?;
         let cfg = &self.inner.config;
-        let resources = (
-            source.cpu_count.unwrap_or(cfg.default_cpu_count),
-            source.memory_mb.unwrap_or(cfg.default_memory_mb),
-        );
-        let mut record = self.new_record(&e.id, req, source, resources, (e.slot, e.reservation), timeout);
-        record.agent_ip = e.ip;
-        record.start_ended = e.start_ended;
-        self.table().insert(e.id.clone(), record);
-        let init = async {
-            self.persist(&e.id)?;
-            self.init_agent(&e.id, source.restored_token.as_deref()).await
+        let size = SandboxSize {
+            cpu_count: source.cpu_count.unwrap_or(cfg.default_cpu_count),
+            memory_mb: source.memory_mb.unwrap_or(cfg.default_memory_mb),
         };
-        if let Err(err) = init.await {
-            self.table().remove(&e.id);
-            let _ = std::fs::remove_file(cfg.layout.sandbox_record(e.id.as_str()));
-            self.discard(e, true);
-            return Err(err);
-        }
-        let rec = self.transition(&e.id, LifecycleEvent::Ready)?;
-        let rec = self.update(&e.id, |r| r.end_at = OffsetDateTime::now_utc() + timeout).unwrap_or(rec);
-        self.inner.samples.record(SampleName::WarmPoolCheckout, started.elapsed());
-        tracing::info!(sandbox = %e.id, template = %rec.template_id, took = ?started.elapsed(), "sandbox running (warm pool)");
-        self.start_freshness_sync(&e.id);
-        Ok(self.get(&e.id).unwrap_or(rec))
+        let WarmEntry { claim, ip, start_ended, .. } = entry;
+        let mut claim = claim.now_for(Operation::Create);
+        let id = claim.id().clone();
+        let held = Held { slot: claim.slot(), reservation: claim.reservation() };
+        let mut record = self.new_record(&id, req, source, size, held, timeout);
+        record.agent_ip = ip;
+        record.start_ended = start_ended;
+        self.table().insert(id.clone(), record);
+        claim.recorded();
+        self.persist(&id)?;
+        self.init_agent(&id, source.restored_token.as_deref()).await?;
+        claim.commit();
+        self.expose(&id, timeout, Some(started))
     }
 
     /// Checks what can be checked before the source is resolved (and perhaps built).
@@ -272,7 +266,7 @@ impl Runtime {
                 feature: "allow_internet_access=true (sandbox internet egress)",
             });
         }
-        self.clamp_timeout(req.timeout)?;
+        self.checked_timeout(req.timeout)?;
         for key in req.env_vars.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return Err(RuntimeError::InvalidRequest(format!("invalid envVars key {key:?}")));
@@ -281,7 +275,8 @@ impl Runtime {
         Ok(())
     }
 
-    pub(super) fn clamp_timeout(&self, t: Option<Duration>) -> Result<Duration, RuntimeError> {
+    /// The requested timeout, or the default; one over the maximum is refused, not clamped.
+    pub(super) fn checked_timeout(&self, t: Option<Duration>) -> Result<Duration, RuntimeError> {
         let cfg = &self.inner.config;
         let t = t.unwrap_or(cfg.default_timeout);
         if t > cfg.max_timeout {
@@ -292,151 +287,5 @@ impl Runtime {
             )));
         }
         Ok(t)
-    }
-
-    /// Attaches the network and boots (or restores) the engine sandbox; does not wait for it.
-    pub(super) async fn start_engine(
-        &self,
-        id: &SandboxId,
-        plan: BootPlan,
-    ) -> Result<crate::network::NetAttachment, RuntimeError> {
-        let BootPlan { rootfs, slot, cpu, mem, image, .. } = plan;
-        let cfg = &self.inner.config;
-        let network = Arc::clone(&self.inner.network);
-        let engine = Arc::clone(&self.inner.engine);
-        let run_dir = cfg.layout.sandbox_run_dir(id.as_str());
-        let agent_path = cfg.agent_path.clone();
-        let boot_id = id.clone();
-        tokio::task::spawn_blocking(move || -> Result<_, RuntimeError> {
-            let t = Instant::now();
-            let att = network
-                .attach(&boot_id, slot)
-                .map_err(|source| RuntimeError::Network { id: boot_id.to_string(), source })?;
-            tracing::debug!(sandbox = %boot_id, ms = t.elapsed().as_millis() as u64, "network attached");
-            let t = Instant::now();
-            let spec = BootSpec {
-                id: boot_id.clone(),
-                rootfs,
-                netns_path: att.netns_path.clone(),
-                agent_path,
-                run_dir,
-                cpu_count: cpu,
-                memory_mb: mem,
-            };
-            match &image {
-                None => engine.boot(&spec),
-                Some(img) => engine.restore(&spec, img),
-            }
-            .map_err(|source| RuntimeError::Engine { id: boot_id.to_string(), source })?;
-            tracing::debug!(sandbox = %boot_id, ms = t.elapsed().as_millis() as u64, restore = image.is_some(), "engine started");
-            Ok(att)
-        })
-        .await
-        .map_err(|e| RuntimeError::Internal(format!("boot task: {e}")))?
-    }
-
-    /// Starts the engine sandbox and waits for its agent to answer, with no record and no
-    /// `/init`: warm-pool entries and checkpoint probes. Returns its address and what its agent
-    /// reported.
-    pub(super) async fn start_unrecorded(
-        &self,
-        id: &SandboxId,
-        plan: BootPlan,
-        timeout: Duration,
-    ) -> Result<(std::net::Ipv4Addr, crate::agent_client::AgentHealth), RuntimeError> {
-        let att = self.start_engine(id, plan).await?;
-        let health = self
-            .inner
-            .agent
-            .wait_ready(att.sandbox_ip, timeout)
-            .await
-            .map_err(|source| RuntimeError::NotReady { id: id.to_string(), source })?;
-        Ok((att.sandbox_ip, health))
-    }
-
-    /// Attaches the network and boots (or, with `image`, restores) the sandbox, then waits for
-    /// its agent and initialises it. Returns the network slot's sandbox address.
-    pub(super) async fn boot_and_init(
-        &self,
-        id: &SandboxId,
-        plan: BootPlan,
-    ) -> Result<crate::agent_client::AgentHealth, RuntimeError> {
-        let cfg = &self.inner.config;
-        let t_boot = Instant::now();
-        let restored = plan.image.is_some();
-        let restored_token = plan.restored_token.clone();
-        let attach = self.start_engine(id, plan).await?;
-        let ip = attach.sandbox_ip;
-        self.update(id, |r| r.agent_ip = ip);
-        self.persist(id)?;
-
-        let t_probe = Instant::now();
-        let health = self.inner.agent.wait_ready(ip, cfg.ready_timeout).await.map_err(|source| {
-            let log = cfg.layout.sandbox_run_dir(id.as_str()).join("sandbox.log");
-            let tail = std::fs::read_to_string(&log).unwrap_or_default();
-            let tail: Vec<&str> = tail.lines().rev().take(8).collect();
-            tracing::warn!(sandbox = %id, log = ?tail, "agent not ready; last lines of the sandbox log");
-            RuntimeError::NotReady { id: id.to_string(), source }
-        })?;
-        self.inner.samples.record(SampleName::ReadyProbe, t_probe.elapsed());
-        tracing::debug!(sandbox = %id, ms = t_probe.elapsed().as_millis() as u64, "agent answered");
-        let t_init = Instant::now();
-        // A restored agent already holds a token (its own, or its snapshot source's) and must
-        // be shown it before it accepts this sandbox's.
-        self.init_agent(id, restored_token.as_deref()).await?;
-        tracing::debug!(sandbox = %id, ms = t_init.elapsed().as_millis() as u64, "agent initialised");
-        let sample = if restored { SampleName::WarmSnapshotRestore } else { SampleName::ColdBoot };
-        self.inner.samples.record(sample, t_boot.elapsed());
-        Ok(health)
-    }
-
-    /// Sends `/init` with the record's token and env.
-    pub(super) async fn init_agent(
-        &self,
-        id: &SandboxId,
-        current_token: Option<&str>,
-    ) -> Result<(), RuntimeError> {
-        let rec = self.get(id)?;
-        let req = InitRequest {
-            protocol: AGENT_PROTOCOL_VERSION,
-            sandbox_id: id.to_string(),
-            access_token: rec.access_token.clone(),
-            env_vars: rec.env_vars.clone(),
-            default_user: Some("user".into()),
-            default_workdir: Some(rec.workdir.clone().unwrap_or_else(|| "/home/user".into())),
-            timestamp_ms: u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-                .unwrap_or(0),
-        };
-        self.inner
-            .agent
-            .init(rec.agent_ip, &req, current_token)
-            .await
-            .map_err(|source| RuntimeError::NotReady { id: id.to_string(), source })?;
-        Ok(())
-    }
-
-    /// Destroys the engine sandbox and its network, and releases the slot. Never fails: errors
-    /// are logged, and reconciliation at the next start catches anything left.
-    pub(super) async fn teardown(&self, id: &SandboxId, slot: Option<u32>) {
-        let network = Arc::clone(&self.inner.network);
-        let engine = Arc::clone(&self.inner.engine);
-        let run_dir = self.inner.config.layout.sandbox_run_dir(id.as_str());
-        let tid = id.clone();
-        let res = tokio::task::spawn_blocking(move || {
-            if let Err(e) = engine.destroy(&tid) {
-                tracing::warn!(sandbox = %tid, error = %e, "engine destroy failed");
-            }
-            if let Err(e) = network.detach(&tid, slot.unwrap_or(0)) {
-                tracing::warn!(sandbox = %tid, error = %e, "network detach failed");
-            }
-            let _ = std::fs::remove_dir_all(&run_dir);
-        })
-        .await;
-        if let Err(e) = res {
-            tracing::warn!(sandbox = %id, error = %e, "teardown task failed");
-        }
-        if let Some(slot) = slot {
-            self.slots().release(slot);
-        }
     }
 }

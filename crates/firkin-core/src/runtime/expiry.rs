@@ -93,19 +93,26 @@ impl Runtime {
         }
         let engine = std::sync::Arc::clone(&self.inner.engine);
         let network = std::sync::Arc::clone(&self.inner.network);
-        let _ = tokio::task::spawn_blocking(move || {
+        let swept = tokio::task::spawn_blocking(move || {
             let namespaces = network.list_namespaces();
             for name in orphans {
                 if let Ok(id) = crate::ids::SandboxId::parse(&name) {
                     tracing::warn!(sandbox = %id, "removing an orphaned engine sandbox");
-                    let _ = engine.destroy(&id);
+                    if let Err(e) = engine.destroy(&id) {
+                        tracing::warn!(sandbox = %id, error = %e, "removing an orphaned engine sandbox failed");
+                    }
                     for ns in namespaces.iter().filter(|ns| ns.ends_with(&name)) {
-                        let _ = network.remove_namespace(ns);
+                        if let Err(e) = network.remove_namespace(ns) {
+                            tracing::warn!(sandbox = %id, error = %e, "removing an orphaned namespace failed");
+                        }
                     }
                 }
             }
         })
         .await;
+        if let Err(e) = swept {
+            tracing::warn!(error = %e, "orphan sweep task failed");
+        }
         n
     }
 

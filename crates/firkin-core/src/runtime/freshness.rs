@@ -102,7 +102,9 @@ impl Runtime {
                     r.metadata.insert(ERROR_KEY.into(), e.clone());
                 }
             });
-            let _ = rt.persist(&id);
+            if let Err(e) = rt.persist(&id) {
+                tracing::warn!(sandbox = %id, error = %e, "persisting the freshness sync status failed");
+            }
         });
     }
 }

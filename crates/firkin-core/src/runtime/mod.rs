@@ -1,8 +1,10 @@
 //! The runtime: the one typed operation seam every front end uses. It owns the sandbox table,
 //! applies lifecycle transitions, persists records, and drives the engine and network seams.
 
+mod boot;
+mod claim;
 pub mod continuation;
-pub(crate) mod create;
+mod create;
 pub mod disk;
 mod error;
 mod expiry;
@@ -23,10 +25,10 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use create::CreateSandbox;
-pub use error::RuntimeError;
+pub use error::{BuildError, CleanupError, Operation, RuntimeError};
 pub use list::{ListQuery, Page};
 pub use ops::{ConnectOutcome, SandboxRoute};
-pub use template::{BuildError, BuildProgress, ProgressFn};
+pub use template::{BuildProgress, ProgressFn};
 pub use warm::WarmStats;
 
 use crate::admission::queue::Admission;
@@ -42,6 +44,15 @@ use crate::template::TemplateCatalog;
 
 /// Number of /30 network slots (a /16 range).
 pub const NET_SLOTS: u32 = 16384;
+
+/// How far [`Runtime::cut_traffic`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cut {
+    /// End the streams in flight; the sandbox gets traffic again later (pause, snapshot).
+    Streams,
+    /// End them and drop the sandbox's traffic epoch: it is gone (kill).
+    AndForget,
+}
 
 /// The sandbox runtime. Cheap to clone.
 #[derive(Clone)]
@@ -86,8 +97,7 @@ impl Runtime {
         let admission = Admission::new(config.capacity, config.max_queue);
         let snapshots = Arc::new(crate::snapshot::SnapshotStore::snapshots(&config.layout));
         let template_store = Arc::new(crate::snapshot::SnapshotStore::templates(&config.layout));
-        let agent_sha256 =
-            crate::snapshot::sha256_file(&config.agent_path).map(|(_, d)| d).unwrap_or_default();
+        let agent_sha256 = crate::digest::sha256_file(&config.agent_path).map(|(_, d)| d).unwrap_or_default();
         Runtime {
             inner: Arc::new(Inner {
                 config,
@@ -153,12 +163,12 @@ impl Runtime {
     }
 
     /// Ends every proxied stream to `id`, so no client connection is open inside the sandbox.
-    pub(crate) fn cut_traffic(&self, id: &SandboxId, forget: bool) {
+    pub(crate) fn cut_traffic(&self, id: &SandboxId, cut: Cut) {
         let mut cuts = self.inner.cuts.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = cuts.get(id) {
             tx.send_modify(|epoch| *epoch += 1);
         }
-        if forget {
+        if cut == Cut::AndForget {
             cuts.remove(id);
         }
     }

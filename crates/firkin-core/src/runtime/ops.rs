@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use firkin_wire::signature::{self, FileOperation};
 use time::OffsetDateTime;
 
-use super::{Runtime, RuntimeError};
+use super::{Cut, Runtime, RuntimeError};
+use crate::admission::ledger::ReservationId;
 use crate::atomic::write_json_atomic;
 use crate::ids::SandboxId;
 use crate::lifecycle::{LifecycleEvent, SandboxState};
@@ -23,6 +24,14 @@ pub struct SandboxRoute {
     pub cut: tokio::sync::watch::Receiver<u64>,
 }
 
+/// What a killed sandbox still holds, between the kill and its teardown.
+struct Killed {
+    id: SandboxId,
+    slot: Option<u32>,
+    reservation: Option<ReservationId>,
+    started: Instant,
+}
+
 /// Result of `connect`: the record and whether it had to be resumed.
 #[derive(Debug, Clone)]
 pub struct ConnectOutcome {
@@ -35,7 +44,7 @@ impl Runtime {
         SandboxId::parse(id).map_err(|_| RuntimeError::SandboxNotFound(id.to_owned()))
     }
 
-    /// A visible (running or paused) sandbox.
+    /// A sandbox in the table, in any state (creating ones included).
     pub fn get(&self, id: &SandboxId) -> Result<SandboxRecord, RuntimeError> {
         self.table().get(id).cloned().ok_or_else(|| RuntimeError::SandboxNotFound(id.to_string()))
     }
@@ -86,22 +95,21 @@ impl Runtime {
     /// Kills a sandbox: it is unreachable when this returns; the engine teardown (runsc delete
     /// takes about a second) finishes in the background and is awaited at shutdown.
     pub async fn kill(&self, id: &str) -> Result<(), RuntimeError> {
-        let (id, slot, reservation, started) = self.begin_kill(id)?;
+        let killed = self.begin_kill(id)?;
         let rt = self.clone();
-        self.track_teardown(tokio::spawn(
-            async move { rt.finish_kill(id, slot, reservation, started).await },
-        ));
+        self.track_teardown(tokio::spawn(async move { rt.finish_kill(killed).await }));
         Ok(())
     }
 
     /// Kills a sandbox and waits until everything it held is released.
     pub async fn kill_and_wait(&self, id: &str) -> Result<(), RuntimeError> {
-        let (id, slot, reservation, started) = self.begin_kill(id)?;
-        self.finish_kill(id, slot, reservation, started).await;
+        let killed = self.begin_kill(id)?;
+        self.finish_kill(killed).await;
         Ok(())
     }
 
-    fn begin_kill(&self, id: &str) -> Result<(SandboxId, Option<u32>, Option<u64>, Instant), RuntimeError> {
+    /// The fast half of a kill: the sandbox leaves the table and its traffic is cut.
+    fn begin_kill(&self, id: &str) -> Result<Killed, RuntimeError> {
         let id = Self::parse_id(id)?;
         let started = Instant::now();
         let rec = self.transition(&id, LifecycleEvent::Kill).map_err(|e| match e {
@@ -110,27 +118,23 @@ impl Runtime {
         })?;
         // Gone from every lookup before the slow part, so traffic gets 502 at once, and
         // streams already proxied end now rather than when the engine stops.
-        self.table().remove(&id);
-        self.cut_traffic(&id, true);
+        self.forget_record(&id);
+        self.cut_traffic(&id, Cut::AndForget);
         self.inner.syncs.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        let _ = std::fs::remove_file(self.inner.config.layout.sandbox_record(id.as_str()));
         tracing::info!(sandbox = %id, "sandbox killed");
-        Ok((id, rec.net_slot, rec.reservation, started))
+        Ok(Killed { id, slot: rec.net_slot, reservation: rec.reservation, started })
     }
 
-    async fn finish_kill(
-        &self,
-        id: SandboxId,
-        slot: Option<u32>,
-        reservation: Option<u64>,
-        started: Instant,
-    ) {
+    /// The slow half of a kill: the engine side, the pause image and the capacity.
+    async fn finish_kill(&self, killed: Killed) {
+        let Killed { id, slot, reservation, started } = killed;
         let lock = self.engine_lock(&id);
         let guard = lock.lock().await;
-        self.teardown(&id, slot).await;
+        // A failed part was logged by the teardown; the kill has already succeeded.
+        let _ = self.teardown(&id, slot).await;
         drop(guard);
         self.inner.engine_locks.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        let _ = std::fs::remove_dir_all(self.inner.config.layout.pause_image(id.as_str()));
+        super::boot::remove_dir_logged(&self.inner.config.layout.pause_image(id.as_str()), &id);
         if let Some(r) = reservation {
             if let Err(e) = self.inner.admission.release(r) {
                 tracing::error!(sandbox = %id, error = %e, "capacity release failed");
@@ -139,10 +143,21 @@ impl Runtime {
         self.inner.samples.record(SampleName::KillDelete, started.elapsed());
     }
 
+    /// Removes a sandbox's record from the table and from disk.
+    pub(super) fn forget_record(&self, id: &SandboxId) {
+        self.table().remove(id);
+        match std::fs::remove_file(self.inner.config.layout.sandbox_record(id.as_str())) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(sandbox = %id, error = %e, "removing the sandbox record failed");
+            }
+            _ => {}
+        }
+    }
+
     /// `endAt = now + timeout`.
     pub fn set_timeout(&self, id: &str, timeout: Duration) -> Result<SandboxRecord, RuntimeError> {
         let rec = self.get_visible(id)?;
-        let timeout = self.clamp_timeout(Some(timeout))?;
+        let timeout = self.checked_timeout(Some(timeout))?;
         let updated = self
             .update(&rec.id, |r| r.end_at = OffsetDateTime::now_utc() + timeout)
             .ok_or_else(|| RuntimeError::SandboxNotFound(id.to_owned()))?;
@@ -153,7 +168,7 @@ impl Runtime {
     /// Connects to a sandbox: a running one has its end time extended (never shortened).
     pub async fn connect(&self, id: &str, timeout: Option<Duration>) -> Result<ConnectOutcome, RuntimeError> {
         let rec = self.get_visible(id)?;
-        let timeout = self.clamp_timeout(timeout)?;
+        let timeout = self.checked_timeout(timeout)?;
         match rec.state {
             SandboxState::Paused => {
                 let record = self.resume(rec, timeout).await?;

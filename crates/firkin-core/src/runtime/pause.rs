@@ -10,6 +10,9 @@ use time::OffsetDateTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::boot::BootPlan;
+use super::claim::{Claim, Held};
+use super::error::Operation;
 use super::{Runtime, RuntimeError};
 use crate::admission::{Class, Resources};
 use crate::atomic::write_json_atomic;
@@ -80,13 +83,15 @@ impl Runtime {
         let started = Instant::now();
         // No new traffic is routed while pausing; end the streams in flight and give the agent
         // a moment to see them close, so no client connection is open inside the checkpoint.
-        self.cut_traffic(&rec.id, false);
+        self.cut_traffic(&rec.id, super::Cut::Streams);
         self.wait_for_quiet(&rec).await;
         tracing::debug!(sandbox = %rec.id, ms = started.elapsed().as_millis() as u64, "pause: traffic quiet");
         if let Err(e) = self.checkpoint_verified(&rec).await {
             tracing::warn!(sandbox = %rec.id, error = %e, "pause failed; sandbox keeps running");
-            let _ = self.transition(&rec.id, LifecycleEvent::Fail);
-            return Err(e);
+            return Err(match self.transition(&rec.id, LifecycleEvent::Fail) {
+                Ok(_) => e,
+                Err(undo) => RuntimeError::WithCleanup { error: Box::new(e), cleanup: undo.to_string() },
+            });
         }
         // The image is published; stop the engine sandbox and free what a paused one does not need.
         // `runsc delete` takes about a second: finish it in the background, holding the
@@ -95,7 +100,8 @@ impl Runtime {
         let rt = self.clone();
         let (tid, slot) = (rec.id.clone(), rec.net_slot);
         self.track_teardown(tokio::spawn(async move {
-            rt.teardown(&tid, slot).await;
+            // A failed part was logged by the teardown; the pause has already succeeded.
+            let _ = rt.teardown(&tid, slot).await;
             drop(guard);
         }));
         let want = Resources::new(rec.cpu_count, rec.memory_mb, rec.disk_size_mb);
@@ -138,7 +144,7 @@ impl Runtime {
         let image = self.inner.config.layout.pause_image(rec.id.as_str());
         let parent = image.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
         let tmp = parent.join(format!(".{}.tmp", rec.id));
-        let files = self.checkpoint_proven(rec, &tmp).await?;
+        let files = self.checkpoint_proven(rec, &tmp, Operation::Pause).await?;
         self.publish_pause_image(&rec.id, &tmp, &image, files).await
     }
 
@@ -157,10 +163,11 @@ impl Runtime {
         &self,
         rec: &SandboxRecord,
         tmp: &std::path::Path,
+        op: Operation,
     ) -> Result<Vec<FileDigest>, RuntimeError> {
         for attempt in 1..=CHECKPOINT_ATTEMPTS {
             let t = Instant::now();
-            self.checkpoint_staged(&rec.id, tmp).await?;
+            self.checkpoint_staged(&rec.id, tmp, op).await?;
             tracing::debug!(sandbox = %rec.id, ms = t.elapsed().as_millis() as u64, "checkpoint taken");
             let t = Instant::now();
             let dir = tmp.to_path_buf();
@@ -179,7 +186,7 @@ impl Runtime {
                 );
             }
             tracing::warn!(sandbox = %rec.id, attempt, "checkpoint did not restore to a live agent; retaking it");
-            let _ = std::fs::remove_dir_all(tmp);
+            super::boot::remove_dir_logged(tmp, &rec.id);
             tokio::time::sleep(SETTLE).await;
         }
         Err(RuntimeError::Internal(format!(
@@ -189,52 +196,50 @@ impl Runtime {
     }
 
     /// Checkpoints the sandbox, which keeps running, into `tmp` (emptied first).
-    pub(super) async fn checkpoint_staged(
+    async fn checkpoint_staged(
         &self,
         id: &SandboxId,
         tmp: &std::path::Path,
+        op: Operation,
     ) -> Result<(), RuntimeError> {
         let engine = Arc::clone(&self.inner.engine);
         let (cid, tmp) = (id.clone(), tmp.to_path_buf());
         tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
-            let _ = std::fs::remove_dir_all(&tmp);
+            super::boot::remove_dir_logged(&tmp, &cid);
             std::fs::create_dir_all(&tmp).map_err(|e| {
-                RuntimeError::Internal(format!("pause of {cid}: creating {}: {e}", tmp.display()))
+                RuntimeError::Internal(format!("{op} of {cid}: creating {}: {e}", tmp.display()))
             })?;
             engine.checkpoint(&cid, &tmp, true).map_err(|source| {
-                let _ = std::fs::remove_dir_all(&tmp);
-                RuntimeError::Engine { id: cid.to_string(), source }
+                super::boot::remove_dir_logged(&tmp, &cid);
+                RuntimeError::Engine { op, id: cid.to_string(), source }
             })
         })
         .await
-        .map_err(|e| RuntimeError::Internal(format!("pause task: {e}")))?
+        .map_err(|e| RuntimeError::Internal(format!("{op} of {id}: checkpoint task: {e}")))?
     }
 
-    /// Restores `image` into a throwaway sandbox and checks that its agent answers.
+    /// Restores `image` into a throwaway sandbox and checks that its agent answers. The probe
+    /// sandbox is torn down in the background when its claim drops.
     async fn probe_image(&self, rec: &SandboxRecord, image: &std::path::Path) -> bool {
-        let probe = SandboxId::generate();
-        let Some(slot) = self.slots().take() else {
+        let Some(mut claim) = Claim::slot_only(self, &SandboxId::generate(), Operation::CheckpointProbe)
+        else {
             tracing::warn!(sandbox = %rec.id, "no free network slot to verify the checkpoint; trusting it");
             return true;
         };
-        let plan = super::create::BootPlan {
+        let plan = BootPlan {
             rootfs: self.inner.config.layout.rootfs_dir(&rec.rootfs),
-            slot,
             cpu: rec.cpu_count,
             mem: rec.memory_mb,
             image: Some(image.to_path_buf()),
             restored_token: None,
         };
-        let ok = match self.start_unrecorded(&probe, plan, PROBE_TIMEOUT).await {
+        match self.start_unrecorded(&mut claim, plan, PROBE_TIMEOUT).await {
             Ok(_) => true,
             Err(e) => {
                 tracing::warn!(sandbox = %rec.id, error = %e, "checkpoint probe restore failed");
                 false
             }
-        };
-        let rt = self.clone();
-        self.track_teardown(tokio::spawn(async move { rt.teardown(&probe, Some(slot)).await }));
-        ok
+        }
     }
 
     /// Writes the integrity record into the staged image and renames it into place.
@@ -265,10 +270,10 @@ impl Runtime {
             Ok(())
         })
         .await
-        .map_err(|e| RuntimeError::Internal(format!("pause task: {e}")))?
+        .map_err(|e| RuntimeError::Internal(format!("pause of {id}: publish task: {e}")))?
     }
 
-    /// Resumes a paused sandbox (called by `connect`).
+    /// Resumes a paused sandbox (called by `connect`). A failed resume leaves it paused.
     pub(super) async fn resume(
         &self,
         rec: SandboxRecord,
@@ -276,79 +281,81 @@ impl Runtime {
     ) -> Result<SandboxRecord, RuntimeError> {
         let id = rec.id.clone();
         let image = self.inner.config.layout.pause_image(id.as_str());
-        if let Err(detail) = self.check_pause_image(&image) {
-            // The sandbox cannot come back: quarantine the image and remove the sandbox.
-            let q = self.inner.config.layout.quarantine_dir();
-            let _ = std::fs::create_dir_all(&q);
-            let stamp = OffsetDateTime::now_utc().unix_timestamp();
-            let _ = std::fs::rename(&image, q.join(format!("paused-{id}.{stamp}")));
-            tracing::error!(sandbox = %id, %detail, "pause image failed its integrity check; quarantined");
-            let _ = self.kill(id.as_str()).await;
-            return Err(RuntimeError::Snapshot {
-                source: crate::snapshot::SnapshotError::Integrity {
-                    id: format!("paused sandbox {id}"),
-                    detail,
-                },
-            });
-        }
+        self.check_pause_image_or_remove(&id, &image).await?;
         self.check_disk_floor(super::disk::DiskOp::Restore, &image)?;
         self.transition(&id, LifecycleEvent::BeginResume)?;
         let started = Instant::now();
-        let want = Resources::new(rec.cpu_count, rec.memory_mb, rec.disk_size_mb);
-        let grant =
-            match self.inner.admission.reserve(want, Class::Active, self.inner.config.admission_wait).await {
-                Ok(g) => {
-                    self.discard_evicted(&g.evicted);
-                    g
-                }
-                Err(e) => {
-                    let _ = self.transition(&id, LifecycleEvent::Fail);
-                    return Err(e.into());
-                }
-            };
-        let Some(slot) = self.slots().take() else {
-            let _ = self.inner.admission.release(grant.id);
-            let _ = self.transition(&id, LifecycleEvent::Fail);
-            return Err(RuntimeError::Network {
-                id: id.to_string(),
-                source: crate::network::NetworkError::Exhausted(super::NET_SLOTS),
-            });
+        let held = match self.restore_paused(&rec, &image).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "resume failed; sandbox stays paused");
+                self.update(&id, |r| r.agent_ip = std::net::Ipv4Addr::UNSPECIFIED);
+                return Err(match self.transition(&id, LifecycleEvent::Fail) {
+                    Ok(_) => e,
+                    Err(undo) => RuntimeError::WithCleanup { error: Box::new(e), cleanup: undo.to_string() },
+                });
+            }
         };
-        // The pause's engine teardown may still be running.
-        drop(self.engine_lock(&id).lock().await);
-        let rootfs = self.inner.config.layout.rootfs_dir(&rec.rootfs);
-        let restored = self
-            .boot_and_init(
-                &id,
-                super::create::BootPlan {
-                    rootfs,
-                    slot,
-                    cpu: rec.cpu_count,
-                    mem: rec.memory_mb,
-                    image: Some(image.clone()),
-                    restored_token: Some(rec.access_token.clone()),
-                },
-            )
-            .await;
-        if let Err(e) = restored {
-            tracing::warn!(sandbox = %id, error = %e, "resume failed; sandbox stays paused");
-            self.teardown(&id, Some(slot)).await;
-            let _ = self.inner.admission.release(grant.id);
-            self.update(&id, |r| r.agent_ip = std::net::Ipv4Addr::UNSPECIFIED);
-            let _ = self.transition(&id, LifecycleEvent::Fail);
-            return Err(e);
-        }
-        if let Some(old) = rec.reservation {
-            let _ = self.inner.admission.release(old);
-        }
         self.update(&id, |r| {
-            r.net_slot = Some(slot);
-            r.reservation = Some(grant.id);
+            r.net_slot = Some(held.slot);
+            r.reservation = held.reservation;
             r.end_at = OffsetDateTime::now_utc() + timeout;
         });
         let rec = self.transition(&id, LifecycleEvent::Ready)?;
-        let _ = std::fs::remove_dir_all(&image);
+        super::boot::remove_dir_logged(&image, &id);
         tracing::info!(sandbox = %id, took = ?started.elapsed(), "sandbox resumed");
         Ok(rec)
+    }
+
+    /// Claims capacity and a slot for a paused sandbox and restores its image; on success the
+    /// new active reservation replaces the paused one.
+    async fn restore_paused(
+        &self,
+        rec: &SandboxRecord,
+        image: &std::path::Path,
+    ) -> Result<Held, RuntimeError> {
+        let want = Resources::new(rec.cpu_count, rec.memory_mb, rec.disk_size_mb);
+        let mut claim = Claim::active(self, &rec.id, Operation::Resume, want).await?.for_existing_sandbox();
+        // The pause's engine teardown may still be running.
+        drop(self.engine_lock(&rec.id).lock().await);
+        let plan = BootPlan {
+            rootfs: self.inner.config.layout.rootfs_dir(&rec.rootfs),
+            cpu: rec.cpu_count,
+            mem: rec.memory_mb,
+            image: Some(image.to_path_buf()),
+            restored_token: Some(rec.access_token.clone()),
+        };
+        let restored = self.boot_and_init(&mut claim, plan).await;
+        claim.or_release(restored).await?;
+        Ok(claim.commit_replacing(rec.reservation))
+    }
+
+    /// A pause image that fails its integrity check can never come back: it is quarantined and
+    /// the sandbox removed, and the resume fails with an integrity error.
+    async fn check_pause_image_or_remove(
+        &self,
+        id: &SandboxId,
+        image: &std::path::Path,
+    ) -> Result<(), RuntimeError> {
+        let Err(detail) = self.check_pause_image(image) else {
+            return Ok(());
+        };
+        let q = self.inner.config.layout.quarantine_dir();
+        let stamp = OffsetDateTime::now_utc().unix_timestamp();
+        let moved = std::fs::create_dir_all(&q)
+            .and_then(|()| std::fs::rename(image, q.join(format!("paused-{id}.{stamp}"))));
+        if let Err(e) = moved {
+            tracing::warn!(sandbox = %id, error = %e, "moving a bad pause image to quarantine failed");
+        }
+        tracing::error!(sandbox = %id, %detail, "pause image failed its integrity check; quarantined");
+        let error = RuntimeError::Snapshot {
+            source: crate::snapshot::SnapshotError::Integrity { id: format!("paused sandbox {id}"), detail },
+        };
+        Err(match self.kill(id.as_str()).await {
+            Ok(()) => error,
+            Err(cleanup) => {
+                RuntimeError::WithCleanup { error: Box::new(error), cleanup: cleanup.to_string() }
+            }
+        })
     }
 }

@@ -4,12 +4,19 @@
 //! still there and their agent answers at its address; everything else an earlier server left
 //! (records, runsc sandboxes, namespaces, run dirs, half-written images) is cleaned.
 
+use std::collections::HashSet;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
+use super::claim::{Claim, ReadoptError};
 use super::Runtime;
 use crate::admission::{Class, Resources};
+use crate::config::Layout;
+use crate::engine::Engine;
 use crate::ids::SandboxId;
 use crate::lifecycle::SandboxState;
+use crate::network::Network;
 use crate::record::SandboxRecord;
 
 /// What reconciliation found.
@@ -25,114 +32,188 @@ pub struct ReconcileReport {
     pub namespaces: usize,
 }
 
+/// What an earlier server left that is worth keeping.
+#[derive(Default)]
+struct Kept {
+    /// Paused sandboxes with an intact-looking image.
+    paused: Vec<SandboxRecord>,
+    /// Running sandboxes whose engine sandbox is still there (their agent is asked next).
+    running: Vec<SandboxRecord>,
+}
+
+impl Kept {
+    /// True for an engine sandbox, namespace or run dir named after a kept running sandbox.
+    fn owns(&self, name: &str) -> bool {
+        self.running.iter().any(|r| name.ends_with(r.id.as_str()))
+    }
+}
+
+/// The host-side passes of reconciliation (blocking I/O; run off the async runtime).
+struct Sweep {
+    layout: Layout,
+    engine: Arc<dyn Engine>,
+    network: Arc<dyn Network>,
+}
+
+impl Sweep {
+    /// All passes, in order: records first (they decide what is kept), then everything that
+    /// is not kept.
+    fn run(&self) -> (ReconcileReport, Kept) {
+        // A restore or boot an earlier server started just before it died must finish (or
+        // fail) before its sandbox is looked for.
+        self.engine.settle(Duration::from_secs(15));
+        let mut report = ReconcileReport::default();
+        let alive: HashSet<String> = self.engine.list().unwrap_or_default().into_iter().collect();
+        let kept = self.sort_records(&alive, &mut report);
+        self.remove_unkept_pause_images(&kept);
+        self.remove_staging_dirs();
+        report.engine_sandboxes = self.remove_unkept_engine_sandboxes(&alive, &kept);
+        report.namespaces = self.remove_unkept_namespaces(&kept);
+        self.remove_unkept_run_dirs(&kept);
+        (report, kept)
+    }
+
+    /// Keeps paused records with an image and running ones whose engine sandbox is alive;
+    /// removes the others together with what they held.
+    fn sort_records(&self, alive: &HashSet<String>, report: &mut ReconcileReport) -> Kept {
+        let mut kept = Kept::default();
+        for entry in read_dir_entries(&self.layout.sandboxes_dir()) {
+            let path = entry.path();
+            let rec: Option<SandboxRecord> =
+                std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            match rec {
+                Some(rec) if self.has_pause_image(&rec) => kept.paused.push(rec),
+                Some(rec)
+                    if rec.state == SandboxState::Running
+                        && !rec.internal
+                        && rec.net_slot.is_some()
+                        && alive.contains(rec.id.as_str()) =>
+                {
+                    kept.running.push(rec);
+                }
+                Some(rec) => {
+                    self.destroy(&rec.id, rec.net_slot.unwrap_or(0));
+                    remove_dir(&self.layout.pause_image(rec.id.as_str()));
+                    remove_file(&path);
+                    report.records_removed += 1;
+                }
+                None => {
+                    remove_file(&path);
+                    report.records_removed += 1;
+                }
+            }
+        }
+        kept
+    }
+
+    fn has_pause_image(&self, rec: &SandboxRecord) -> bool {
+        rec.state == SandboxState::Paused
+            && self.layout.pause_image(rec.id.as_str()).join("checkpoint.img").is_file()
+    }
+
+    /// Pause images without a kept record (or half-written temp dirs) are garbage.
+    fn remove_unkept_pause_images(&self, kept: &Kept) {
+        for entry in read_dir_entries(&self.layout.paused_dir()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !kept.paused.iter().any(|r| r.id.as_str() == name) {
+                remove_dir(&entry.path());
+            }
+        }
+    }
+
+    /// Snapshot and template staging dirs of checkpoints that never got published.
+    fn remove_staging_dirs(&self) {
+        for dir in [self.layout.snapshot_images_dir(), self.layout.templates_dir()] {
+            for entry in read_dir_entries(&dir) {
+                if entry.file_name().to_string_lossy().starts_with('.') {
+                    remove_dir(&entry.path());
+                }
+            }
+        }
+    }
+
+    fn remove_unkept_engine_sandboxes(&self, alive: &HashSet<String>, kept: &Kept) -> usize {
+        let mut removed = 0;
+        for id in alive.iter().filter(|n| !kept.owns(n)).filter_map(|n| SandboxId::parse(n).ok()) {
+            if let Err(e) = self.engine.destroy(&id) {
+                tracing::warn!(sandbox = %id, error = %e, "removing a leftover engine sandbox failed");
+            }
+            removed += 1;
+        }
+        removed
+    }
+
+    fn remove_unkept_namespaces(&self, kept: &Kept) -> usize {
+        let unkept = self.network.list_namespaces().into_iter().filter(|n| !kept.owns(n));
+        unkept.filter(|ns| self.network.remove_namespace(ns).is_ok()).count()
+    }
+
+    fn remove_unkept_run_dirs(&self, kept: &Kept) {
+        for entry in read_dir_entries(&self.layout.state_dir.join("run").join("sandboxes")) {
+            if !kept.owns(&entry.file_name().to_string_lossy()) {
+                remove_dir(&entry.path());
+            }
+        }
+    }
+
+    /// Removes one sandbox's engine side and network (errors logged; nothing to retry).
+    fn destroy(&self, id: &SandboxId, slot: u32) {
+        if let Err(e) = self.engine.destroy(id) {
+            tracing::debug!(sandbox = %id, error = %e, "engine destroy of a leftover failed");
+        }
+        if let Err(e) = self.network.detach(id, slot) {
+            tracing::debug!(sandbox = %id, error = %e, "network detach of a leftover failed");
+        }
+    }
+}
+
+fn read_dir_entries(dir: &Path) -> impl Iterator<Item = std::fs::DirEntry> {
+    std::fs::read_dir(dir).into_iter().flatten().flatten()
+}
+
+fn remove_dir(path: &Path) {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(path = %path.display(), error = %e, "removing a leftover directory failed");
+        }
+        _ => {}
+    }
+}
+
+fn remove_file(path: &Path) {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(path = %path.display(), error = %e, "removing a leftover file failed");
+        }
+        _ => {}
+    }
+}
+
 impl Runtime {
-    /// Re-adopts paused sandboxes and cleans leftovers of an earlier server. Call before serving.
+    /// Re-adopts paused and still-running sandboxes and cleans leftovers of an earlier server.
+    /// Call before serving.
     pub async fn reconcile(&self) -> ReconcileReport {
-        let layout = self.inner.config.layout.clone();
-        let engine = Arc::clone(&self.inner.engine);
-        let network = Arc::clone(&self.inner.network);
-        let res = tokio::task::spawn_blocking(move || {
-            // A restore or boot an earlier server started just before it died must finish (or
-            // fail) before its sandbox is looked for.
-            engine.settle(std::time::Duration::from_secs(15));
-            let mut report = ReconcileReport::default();
-            let mut keep = Vec::new();
-            let mut running = Vec::new();
-            let alive: std::collections::HashSet<String> =
-                engine.list().unwrap_or_default().into_iter().collect();
-            if let Ok(rd) = std::fs::read_dir(layout.sandboxes_dir()) {
-                for entry in rd.flatten() {
-                    let path = entry.path();
-                    let rec: Option<SandboxRecord> =
-                        std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
-                    match rec {
-                        Some(rec)
-                            if rec.state == SandboxState::Paused
-                                && layout.pause_image(rec.id.as_str()).join("checkpoint.img").is_file() =>
-                        {
-                            keep.push(rec);
-                        }
-                        Some(rec)
-                            if rec.state == SandboxState::Running
-                                && !rec.internal
-                                && rec.net_slot.is_some()
-                                && alive.contains(rec.id.as_str()) =>
-                        {
-                            running.push(rec);
-                        }
-                        Some(rec) => {
-                            let _ = engine.destroy(&rec.id);
-                            let _ = network.detach(&rec.id, rec.net_slot.unwrap_or(0));
-                            let _ = std::fs::remove_dir_all(layout.pause_image(rec.id.as_str()));
-                            let _ = std::fs::remove_file(&path);
-                            report.records_removed += 1;
-                        }
-                        None => {
-                            let _ = std::fs::remove_file(&path);
-                            report.records_removed += 1;
-                        }
-                    }
-                }
+        let sweep = Sweep {
+            layout: self.inner.config.layout.clone(),
+            engine: Arc::clone(&self.inner.engine),
+            network: Arc::clone(&self.inner.network),
+        };
+        let (mut report, kept) = match tokio::task::spawn_blocking(move || sweep.run()).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, "reconciliation task failed; nothing re-adopted");
+                return ReconcileReport::default();
             }
-            // Images without a kept record (or half-written temp dirs) are garbage.
-            if let Ok(rd) = std::fs::read_dir(layout.paused_dir()) {
-                for entry in rd.flatten() {
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    if !keep.iter().any(|r| r.id.as_str() == name) {
-                        let _ = std::fs::remove_dir_all(entry.path());
-                    }
-                }
-            }
-            // Snapshot and template staging dirs of checkpoints that never got published.
-            for dir in [layout.snapshot_images_dir(), layout.templates_dir()] {
-                for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                    if entry.file_name().to_string_lossy().starts_with('.') {
-                        let _ = std::fs::remove_dir_all(entry.path());
-                    }
-                }
-            }
-            let adopted = |name: &str| running.iter().any(|r: &SandboxRecord| name.ends_with(r.id.as_str()));
-            for name in alive.iter().filter(|n| !adopted(n)) {
-                if let Ok(id) = SandboxId::parse(name) {
-                    let _ = engine.destroy(&id);
-                    report.engine_sandboxes += 1;
-                }
-            }
-            for ns in network.list_namespaces().into_iter().filter(|n| !adopted(n)) {
-                if network.remove_namespace(&ns).is_ok() {
-                    report.namespaces += 1;
-                }
-            }
-            for entry in std::fs::read_dir(layout.state_dir.join("run").join("sandboxes"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if !adopted(&entry.file_name().to_string_lossy()) {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-            }
-            (report, keep, running)
-        })
-        .await;
-        let (mut report, keep, running) = res.unwrap_or_default();
-        for rec in running {
+        };
+        for rec in kept.running {
             if self.readopt_running(rec).await {
                 report.adopted_running += 1;
             } else {
                 report.records_removed += 1;
             }
         }
-        for mut rec in keep {
-            let want = Resources::new(rec.cpu_count, rec.memory_mb, rec.disk_size_mb);
-            match self.inner.admission.reserve(want, Class::Paused, std::time::Duration::ZERO).await {
-                Ok(grant) => rec.reservation = Some(grant.id),
-                Err(e) => {
-                    tracing::warn!(sandbox = %rec.id, error = %e, "no capacity recorded for a re-adopted paused sandbox")
-                }
-            }
-            rec.net_slot = None;
-            self.table().insert(rec.id.clone(), rec);
+        for rec in kept.paused {
+            self.readopt_paused(rec).await;
             report.adopted_paused += 1;
         }
         if report != ReconcileReport::default() {
@@ -146,40 +227,55 @@ impl Runtime {
         report
     }
 
-    /// Keeps a sandbox that was running when the server died, if its agent answers; otherwise
-    /// removes everything it held. Returns whether it was kept.
+    /// Keeps a paused sandbox, with a disk-only `Paused` reservation.
+    async fn readopt_paused(&self, mut rec: SandboxRecord) {
+        let want = Resources::new(rec.cpu_count, rec.memory_mb, rec.disk_size_mb);
+        match self.inner.admission.reserve(want, Class::Paused, Duration::ZERO).await {
+            Ok(grant) => rec.reservation = Some(grant.id),
+            Err(e) => {
+                tracing::warn!(sandbox = %rec.id, error = %e, "no capacity recorded for a re-adopted paused sandbox")
+            }
+        }
+        rec.net_slot = None;
+        self.table().insert(rec.id.clone(), rec);
+    }
+
+    /// Keeps a sandbox that was running when the server died, if its agent answers and its
+    /// slot and capacity can be claimed; otherwise removes everything it held. Returns whether
+    /// it was kept.
     async fn readopt_running(&self, mut rec: SandboxRecord) -> bool {
         let slot = rec.net_slot.unwrap_or(0);
-        let answers =
-            self.inner.agent.wait_ready(rec.agent_ip, std::time::Duration::from_secs(3)).await.is_ok();
-        let claimed = answers && self.slots().claim(slot);
         let want = Resources::new(rec.cpu_count, rec.memory_mb, rec.disk_size_mb);
-        let grant = if claimed {
-            self.inner.admission.reserve(want, Class::Active, std::time::Duration::ZERO).await.ok()
-        } else {
-            None
+        let claimed = match self.inner.agent.wait_ready(rec.agent_ip, Duration::from_secs(3)).await {
+            Ok(_) => Claim::readopt(self, &rec.id, slot, want).await,
+            Err(e) => Err(ReadoptError::Silent(e)),
         };
-        let Some(grant) = grant else {
-            tracing::warn!(sandbox = %rec.id, answers, claimed, "running sandbox left by an earlier server is not usable; removing it");
-            if claimed {
-                self.slots().release(slot);
+        match claimed {
+            Ok(claim) => {
+                rec.reservation = claim.commit().reservation;
+                tracing::info!(sandbox = %rec.id, "re-adopted a running sandbox");
+                self.table().insert(rec.id.clone(), rec);
+                true
             }
-            let engine = Arc::clone(&self.inner.engine);
-            let network = Arc::clone(&self.inner.network);
-            let layout = self.inner.config.layout.clone();
-            let id = rec.id.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                let _ = engine.destroy(&id);
-                let _ = network.detach(&id, slot);
-                let _ = std::fs::remove_dir_all(layout.sandbox_run_dir(id.as_str()));
-                let _ = std::fs::remove_file(layout.sandbox_record(id.as_str()));
-            })
-            .await;
-            return false;
-        };
-        rec.reservation = Some(grant.id);
-        tracing::info!(sandbox = %rec.id, "re-adopted a running sandbox");
-        self.table().insert(rec.id.clone(), rec);
-        true
+            Err(e) => {
+                tracing::warn!(sandbox = %rec.id, error = %e, "running sandbox left by an earlier server is not usable; removing it");
+                let sweep = Sweep {
+                    layout: self.inner.config.layout.clone(),
+                    engine: Arc::clone(&self.inner.engine),
+                    network: Arc::clone(&self.inner.network),
+                };
+                let id = rec.id.clone();
+                let removed = tokio::task::spawn_blocking(move || {
+                    sweep.destroy(&id, slot);
+                    remove_dir(&sweep.layout.sandbox_run_dir(id.as_str()));
+                    remove_file(&sweep.layout.sandbox_record(id.as_str()));
+                })
+                .await;
+                if let Err(e) = removed {
+                    tracing::warn!(sandbox = %rec.id, error = %e, "removal task failed");
+                }
+                false
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use time::OffsetDateTime;
 
+use super::error::Operation;
 use super::{CreateSandbox, Runtime, RuntimeError};
 use crate::lifecycle::{LifecycleEvent, SandboxState};
 use crate::record::SandboxRecord;
@@ -50,7 +51,8 @@ impl Runtime {
         }
         let store = Arc::clone(&self.inner.snapshots);
         let names: Vec<String> = name.into_iter().collect();
-        self.capture(&rec, &store, SnapshotStore::new_id("snap"), |m| m.names = names).await
+        self.capture(&rec, &store, SnapshotStore::new_id("snap"), Operation::Snapshot, |m| m.names = names)
+            .await
     }
 
     /// Checkpoints a running sandbox (which keeps running; no traffic is routed to it while the
@@ -61,14 +63,15 @@ impl Runtime {
         rec: &SandboxRecord,
         store: &Arc<SnapshotStore>,
         artifact_id: String,
+        op: Operation,
         customize: impl FnOnce(&mut SnapshotManifest),
     ) -> Result<SnapshotManifest, RuntimeError> {
         self.check_disk_floor(super::disk::DiskOp::SnapshotSave, &store.staging_dir(&artifact_id))?;
         let rec = self.transition(&rec.id, LifecycleEvent::BeginSnapshot)?;
         let started = Instant::now();
-        self.cut_traffic(&rec.id, false);
+        self.cut_traffic(&rec.id, super::Cut::Streams);
         self.wait_for_quiet(&rec).await;
-        let saved = self.checkpoint_proven(&rec, &store.staging_dir(&artifact_id)).await;
+        let saved = self.checkpoint_proven(&rec, &store.staging_dir(&artifact_id), op).await;
         self.transition(
             &rec.id,
             if saved.is_ok() { LifecycleEvent::SnapshotDone } else { LifecycleEvent::Fail },
@@ -160,7 +163,9 @@ impl Runtime {
         };
         let children: Vec<_> =
             futures_util::stream::iter(0..count).map(one_child).buffered(FORK_PARALLEL).collect().await;
-        let _ = self.delete_snapshot(&snap.snapshot_id);
+        if let Err(e) = self.delete_snapshot(&snap.snapshot_id) {
+            tracing::warn!(sandbox = id, snapshot = %snap.snapshot_id, error = %e, "removing the fork's snapshot failed");
+        }
         Ok(children)
     }
 }

@@ -13,6 +13,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 
 use super::create::Source;
+use super::error::{BuildError, Operation};
 use super::{CreateSandbox, Runtime, RuntimeError};
 use crate::agent_client::Command;
 use crate::record::SandboxRecord;
@@ -38,15 +39,31 @@ pub struct BuildProgress {
 /// Receives build progress (a CLI progress bar, an HTTP stream, a log).
 pub type ProgressFn = Arc<dyn Fn(BuildProgress) + Send + Sync>;
 
-/// Why a template build failed, naming the template and the step.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("template '{name}': step {step} ({what}) exited with {exit_code}; output:\n{output}")]
-    StepFailed { name: String, step: usize, what: String, exit_code: i32, output: String },
-    #[error("template '{name}': step {step} ({what}): {detail}")]
-    Step { name: String, step: usize, what: String, detail: String },
-    #[error("template '{name}': ready check `{check}` did not pass within {secs}s; last output:\n{output}")]
-    NotReady { name: String, check: String, secs: u32, output: String },
+/// What the steps so far set for the ones after them.
+#[derive(Default)]
+struct StepContext {
+    env: BTreeMap<String, String>,
+    workdir: Option<String>,
+}
+
+/// How one build step failed (the build names the template and the step).
+enum StepFailure {
+    /// Its command exited non-zero.
+    Exit { exit_code: i32, output: String },
+    /// It could not be carried out.
+    Detail(String),
+}
+
+impl StepFailure {
+    fn into_error(self, spec: &TemplateSpec, step: usize, what: String) -> RuntimeError {
+        let name = spec.name.clone();
+        match self {
+            StepFailure::Exit { exit_code, output } => {
+                BuildError::StepFailed { name, step, what, exit_code, output }.into()
+            }
+            StepFailure::Detail(detail) => BuildError::Step { name, step, what, detail }.into(),
+        }
+    }
 }
 
 fn sh_quote(s: &str) -> String {
@@ -238,6 +255,8 @@ impl Runtime {
         Ok(m)
     }
 
+    /// Runs the spec's steps, start command and ready check in the build sandbox `rec`, then
+    /// checkpoints it into the template store.
     async fn build_in(
         &self,
         rec: &SandboxRecord,
@@ -250,55 +269,15 @@ impl Runtime {
         let (ip, token) = (rec.agent_ip, rec.access_token.as_str());
         let agent = &self.inner.agent;
         let phases = spec.steps.len() + 3;
-        let mut env = BTreeMap::new();
-        let mut workdir: Option<String> = None;
+        let mut ctx = StepContext::default();
         for (i, step) in spec.steps.iter().enumerate() {
             let what = describe(step);
             progress(BuildProgress { phase: i + 2, phases, message: what.clone() });
-            let fail = |detail: String| BuildError::Step {
-                name: spec.name.clone(),
-                step: i + 1,
-                what: what.clone(),
-                detail,
-            };
-            match step {
-                Step::Run { cmd, user, timeout_secs } => {
-                    let timeout =
-                        timeout_secs.map(|t| Duration::from_secs(t.into())).unwrap_or(DEFAULT_STEP_TIMEOUT);
-                    let c = Command { user: user.name(), cmd, env: &env, cwd: workdir.as_deref() };
-                    let out = agent.exec(ip, token, &c, timeout).await.map_err(|e| fail(e.to_string()))?;
-                    if out.exit_code != 0 {
-                        return Err(BuildError::StepFailed {
-                            name: spec.name.clone(),
-                            step: i + 1,
-                            what,
-                            exit_code: out.exit_code,
-                            output: out.tail(40),
-                        }
-                        .into());
-                    }
-                }
-                Step::Copy { dest, content_base64, mode, user } => {
-                    let bytes = base64::engine::general_purpose::STANDARD
-                        .decode(content_base64)
-                        .map_err(|e| fail(e.to_string()))?;
-                    agent
-                        .upload(ip, token, user.name(), dest, Bytes::from(bytes))
-                        .await
-                        .map_err(|e| fail(e.to_string()))?;
-                    if let Some(mode) = mode {
-                        let cmd = format!("chmod {mode:o} {}", sh_quote(dest));
-                        self.run_checked(rec, &cmd, StepUser::Root, &env).await.map_err(fail)?;
-                    }
-                }
-                Step::Env { vars } => env.extend(vars.clone()),
-                Step::Workdir { path } => {
-                    let cmd = format!("install -d -o user -g user {}", sh_quote(path));
-                    self.run_checked(rec, &cmd, StepUser::Root, &env).await.map_err(fail)?;
-                    workdir = Some(path.clone());
-                }
-            }
+            self.run_step(rec, step, &mut ctx)
+                .await
+                .map_err(|failure| failure.into_error(spec, i + 1, what))?;
         }
+        let StepContext { env, workdir } = ctx;
         let phase = spec.steps.len() + 2;
         if let Some(start) = &spec.start {
             progress(BuildProgress { phase, phases, message: format!("starting `{}`", start.cmd) });
@@ -325,7 +304,7 @@ impl Runtime {
         };
         let store = Arc::clone(&self.inner.template_store);
         let (name, rootfs_id) = (spec.name.clone(), rootfs.id.clone());
-        self.capture(rec, &store, SnapshotStore::new_id("tpl"), move |m| {
+        self.capture(rec, &store, SnapshotStore::new_id("tpl"), Operation::TemplateBuild, move |m| {
             m.names = vec![name.clone()];
             m.template_id = name;
             m.env_vars = env;
@@ -335,6 +314,53 @@ impl Runtime {
             m.template = Some(TemplateInfo { build_ms: started.elapsed().as_millis() as u64, ..info });
         })
         .await
+    }
+
+    /// Runs one build step; `ctx` carries what `env` and `workdir` steps set for later ones.
+    async fn run_step(
+        &self,
+        rec: &SandboxRecord,
+        step: &Step,
+        ctx: &mut StepContext,
+    ) -> Result<(), StepFailure> {
+        let (ip, token) = (rec.agent_ip, rec.access_token.as_str());
+        let agent = &self.inner.agent;
+        match step {
+            Step::Run { cmd, user, timeout_secs } => {
+                let timeout =
+                    timeout_secs.map(|t| Duration::from_secs(t.into())).unwrap_or(DEFAULT_STEP_TIMEOUT);
+                let c = Command { user: user.name(), cmd, env: &ctx.env, cwd: ctx.workdir.as_deref() };
+                let out = agent
+                    .exec(ip, token, &c, timeout)
+                    .await
+                    .map_err(|e| StepFailure::Detail(e.to_string()))?;
+                if out.exit_code != 0 {
+                    return Err(StepFailure::Exit { exit_code: out.exit_code, output: out.tail(40) });
+                }
+            }
+            Step::Copy { dest, content_base64, mode, user } => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(content_base64)
+                    .map_err(|e| StepFailure::Detail(e.to_string()))?;
+                agent
+                    .upload(ip, token, user.name(), dest, Bytes::from(bytes))
+                    .await
+                    .map_err(|e| StepFailure::Detail(e.to_string()))?;
+                if let Some(mode) = mode {
+                    let cmd = format!("chmod {mode:o} {}", sh_quote(dest));
+                    self.run_checked(rec, &cmd, StepUser::Root, &ctx.env)
+                        .await
+                        .map_err(StepFailure::Detail)?;
+                }
+            }
+            Step::Env { vars } => ctx.env.extend(vars.clone()),
+            Step::Workdir { path } => {
+                let cmd = format!("install -d -o user -g user {}", sh_quote(path));
+                self.run_checked(rec, &cmd, StepUser::Root, &ctx.env).await.map_err(StepFailure::Detail)?;
+                ctx.workdir = Some(path.clone());
+            }
+        }
+        Ok(())
     }
 
     /// Runs a helper command of the build and fails on a non-zero exit.

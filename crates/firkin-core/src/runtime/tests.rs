@@ -15,7 +15,7 @@ fn runtime(tag: u8, engine: Arc<FakeEngine>) -> (Runtime, std::path::PathBuf) {
     let layout = Layout { state_dir: dir.join("state"), cache_dir: dir.join("cache") };
     std::fs::create_dir_all(layout.rootfs_dir(crate::template::BASE_ROOTFS).join("bin")).unwrap();
     let mut cfg = RuntimeConfig::new(layout, "/nonexistent/agent");
-    cfg.disk_floors = crate::runtime::disk::DiskFloors { restore_mb: 0, snapshot_mb: 0, warm_mb: 0 };
+    cfg.disk_floors = crate::config::DiskFloors { restore_mb: 0, snapshot_mb: 0, warm_mb: 0 };
     cfg.ready_timeout = Duration::from_millis(300);
     let net = Arc::new(FakeNetwork { base: Ipv4Addr::new(127, 201, tag, 0) });
     (Runtime::new(cfg, engine, net), dir)
@@ -123,7 +123,7 @@ async fn oversized_create_is_rejected_by_admission() {
     let layout = Layout { state_dir: dir.join("state"), cache_dir: dir.join("cache") };
     std::fs::create_dir_all(layout.rootfs_dir(crate::template::BASE_ROOTFS).join("bin")).unwrap();
     let mut cfg = RuntimeConfig::new(layout, "/nonexistent/agent");
-    cfg.disk_floors = crate::runtime::disk::DiskFloors { restore_mb: 0, snapshot_mb: 0, warm_mb: 0 };
+    cfg.disk_floors = crate::config::DiskFloors { restore_mb: 0, snapshot_mb: 0, warm_mb: 0 };
     cfg.capacity = crate::admission::Resources::new(1, 256, 10_000);
     let net = Arc::new(FakeNetwork { base: Ipv4Addr::new(127, 201, 7, 0) });
     let rt = Runtime::new(cfg, Arc::new(FakeEngine::default()), net);
@@ -184,7 +184,7 @@ async fn restart_readopts_paused_and_running_and_cleans_the_rest() {
     drop(rt); // the server dies without shutting down
 
     let mut cfg = RuntimeConfig::new(layout.clone(), "/nonexistent/agent");
-    cfg.disk_floors = crate::runtime::disk::DiskFloors { restore_mb: 0, snapshot_mb: 0, warm_mb: 0 };
+    cfg.disk_floors = crate::config::DiskFloors { restore_mb: 0, snapshot_mb: 0, warm_mb: 0 };
     cfg.ready_timeout = Duration::from_millis(300);
     let net = Arc::new(FakeNetwork { base: Ipv4Addr::new(127, 201, 9, 0) });
     let rt2 = Runtime::new(cfg, engine.clone(), net);

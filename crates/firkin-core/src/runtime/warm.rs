@@ -8,8 +8,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use super::create::BootPlan;
+use super::boot::BootPlan;
+use super::claim::Claim;
 use super::{Runtime, RuntimeError};
+use crate::admission::ledger::ReservationId;
 use crate::admission::{Class, Resources};
 use crate::ids::SandboxId;
 use crate::snapshot::SnapshotManifest;
@@ -19,13 +21,12 @@ const SWEEP: Duration = Duration::from_secs(2);
 /// After a failed refill, wait this long before retrying that template.
 const BACKOFF: Duration = Duration::from_secs(10);
 
-/// One pre-restored sandbox.
-#[derive(Debug, Clone)]
+/// One pre-restored sandbox. Dropping it tears the sandbox down and releases what it holds
+/// (its claim).
 pub(super) struct WarmEntry {
-    pub id: SandboxId,
-    pub slot: u32,
+    /// Its id, slot and `Warm` reservation.
+    pub claim: Claim,
     pub ip: Ipv4Addr,
-    pub reservation: u64,
     /// The template artifact it was restored from (a rebuilt template makes it stale).
     pub artifact: String,
     /// Its start command had ended by the time it answered.
@@ -33,7 +34,7 @@ pub(super) struct WarmEntry {
 }
 
 /// Pool contents and supervisor state.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(super) struct WarmPools {
     /// Target depth per template (from the config; adjustable at run time).
     targets: Option<BTreeMap<String, usize>>,
@@ -56,7 +57,7 @@ impl Runtime {
 
     /// Ids of the warm entries.
     pub(super) fn warm_ids(&self) -> Vec<String> {
-        self.pools().entries.values().flatten().map(|e| e.id.to_string()).collect()
+        self.pools().entries.values().flatten().map(|e| e.claim.id().to_string()).collect()
     }
 
     pub fn warm_stats(&self) -> WarmStats {
@@ -81,9 +82,7 @@ impl Runtime {
             let excess = queue.len().saturating_sub(depth);
             queue.drain(..excess).collect()
         };
-        for e in drained {
-            self.discard(e, true);
-        }
+        drop(drained);
         self.inner.warm_wake.notify_one();
     }
 
@@ -133,7 +132,7 @@ impl Runtime {
                     let mut pools = self.pools();
                     if pools.stopped {
                         drop(pools);
-                        self.discard(entry, true);
+                        drop(entry);
                         return;
                     }
                     pools.entries.entry(template.to_owned()).or_default().push_back(entry);
@@ -157,40 +156,24 @@ impl Runtime {
             return Ok(None);
         }
         let want = Resources::new(m.cpu_count, m.memory_mb, m.disk_size_mb);
-        let Some(reservation) = self.inner.admission.try_reserve_now(want, Class::Warm) else {
+        let Some(mut claim) = Claim::warm(self, &SandboxId::generate(), want) else {
             return Ok(None);
         };
-        let Some(slot) = self.slots().take() else {
-            let _ = self.inner.admission.release(reservation);
-            return Ok(None);
-        };
-        let id = SandboxId::generate();
         let plan = BootPlan {
             rootfs: self.inner.config.layout.rootfs_dir(&m.rootfs),
-            slot,
             cpu: m.cpu_count,
             mem: m.memory_mb,
-            image: Some(self.inner.template_store.image_dir(&m.snapshot_id)),
+            image: Some(image),
             restored_token: Some(m.access_token.clone()),
         };
-        match self.start_unrecorded(&id, plan, self.inner.config.ready_timeout).await {
-            Ok((ip, health)) => {
-                let start_ended = health.start_exit.is_some();
-                Ok(Some(WarmEntry {
-                    id,
-                    slot,
-                    ip,
-                    reservation,
-                    artifact: m.snapshot_id.clone(),
-                    start_ended,
-                }))
-            }
-            Err(e) => {
-                self.teardown(&id, Some(slot)).await;
-                let _ = self.inner.admission.release(reservation);
-                Err(e)
-            }
-        }
+        let started = self.start_unrecorded(&mut claim, plan, self.inner.config.ready_timeout).await;
+        let started = claim.or_release(started).await?;
+        Ok(Some(WarmEntry {
+            claim,
+            ip: started.ip,
+            artifact: m.snapshot_id.clone(),
+            start_ended: started.health.start_exit.is_some(),
+        }))
     }
 
     /// Takes a warm sandbox of `template` restored from artifact `m`, promoted to an active
@@ -204,17 +187,22 @@ impl Runtime {
         };
         self.inner.warm_wake.notify_one();
         let want = Resources::new(m.cpu_count, m.memory_mb, m.disk_size_mb);
-        if let Err(e) = self.inner.admission.reclassify(entry.reservation, Class::Active, want) {
-            // Evicted between the pop and the promotion: its sandbox is being discarded.
-            tracing::info!(sandbox = %entry.id, error = %e, "warm entry lost its reservation");
-            self.discard(entry, false);
+        let promoted = match entry.claim.reservation() {
+            Some(r) => self.inner.admission.reclassify(r, Class::Active, want),
+            None => Ok(()),
+        };
+        if let Err(e) = promoted {
+            // Evicted between the pop and the promotion: the ledger already dropped it.
+            tracing::info!(sandbox = %entry.claim.id(), error = %e, "warm entry lost its reservation");
+            let mut entry = entry;
+            entry.claim.reservation_evicted();
             return None;
         }
         Some(entry)
     }
 
     /// Destroys the warm entries whose reservations the ledger evicted for active work.
-    pub(super) fn discard_evicted(&self, evicted: &[u64]) {
+    pub(super) fn discard_evicted(&self, evicted: &[ReservationId]) {
         if evicted.is_empty() {
             return;
         }
@@ -222,16 +210,17 @@ impl Runtime {
             let mut pools = self.pools();
             let mut out = Vec::new();
             for queue in pools.entries.values_mut() {
-                let (gone, kept): (VecDeque<_>, VecDeque<_>) =
-                    queue.drain(..).partition(|e| evicted.contains(&e.reservation));
+                let (gone, kept): (VecDeque<_>, VecDeque<_>) = queue
+                    .drain(..)
+                    .partition(|e| e.claim.reservation().is_some_and(|r| evicted.contains(&r)));
                 *queue = kept;
                 out.extend(gone);
             }
             out
         };
         tracing::info!(evicted = victims.len(), "warm entries evicted for an active create");
-        for v in victims {
-            self.discard(v, false);
+        for mut v in victims {
+            v.claim.reservation_evicted();
         }
     }
 
@@ -245,21 +234,7 @@ impl Runtime {
             *queue = fresh;
             stale.into()
         };
-        for e in stale {
-            self.discard(e, true);
-        }
-    }
-
-    /// Tears a warm entry down in the background; `release` its reservation too (unless the
-    /// ledger already dropped it).
-    pub(super) fn discard(&self, e: WarmEntry, release: bool) {
-        let rt = self.clone();
-        self.track_teardown(tokio::spawn(async move {
-            rt.teardown(&e.id, Some(e.slot)).await;
-            if release {
-                let _ = rt.inner.admission.release(e.reservation);
-            }
-        }));
+        drop(stale);
     }
 
     /// Stops the supervisor and destroys every warm entry (server shutdown).
@@ -274,10 +249,9 @@ impl Runtime {
         if let Some(h) = supervisor {
             let _ = tokio::time::timeout(Duration::from_secs(60), h).await;
         }
-        let all: Vec<WarmEntry> = std::mem::take(&mut self.pools().entries).into_values().flatten().collect();
-        for e in all {
-            self.discard(e, true);
-        }
+        // Dropping the entries tears them down in the background; wait for that.
+        let all = std::mem::take(&mut self.pools().entries);
+        drop(all);
         self.drain_teardowns().await;
     }
 }

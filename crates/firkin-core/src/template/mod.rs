@@ -100,8 +100,7 @@ impl TemplateCatalog {
         if !path.join("bin").exists() {
             return Err(missing());
         }
-        let id =
-            crate::snapshot::sha256_file(&path.join(ROOTFS_MANIFEST)).map(|(_, d)| d).unwrap_or_default();
+        let id = crate::digest::sha256_file(&path.join(ROOTFS_MANIFEST)).map(|(_, d)| d).unwrap_or_default();
         Ok(Rootfs { name: name.to_owned(), path, id })
     }
 

@@ -168,46 +168,18 @@ impl TemplateSpec {
         }
         let mut copied = 0usize;
         for (index, step) in self.steps.iter().enumerate() {
-            let bad = |detail: String| TemplateSpecError::Step { index, detail };
-            match step {
-                Step::Run { cmd, timeout_secs, .. } => {
-                    if cmd.trim().is_empty() {
-                        return Err(bad("run: empty cmd".into()));
-                    }
-                    if timeout_secs.is_some_and(|t| t == 0 || t > MAX_STEP_TIMEOUT_SECS) {
-                        return Err(bad(format!("run: timeoutSecs must be 1..={MAX_STEP_TIMEOUT_SECS}")));
-                    }
-                }
-                Step::Copy { dest, content_base64, mode, .. } => {
-                    check_abs_path(dest).map_err(|d| bad(format!("copy: dest {d}")))?;
-                    use base64::Engine as _;
-                    let len = base64::engine::general_purpose::STANDARD
-                        .decode(content_base64)
-                        .map_err(|e| bad(format!("copy to {dest}: contentBase64 is not base64: {e}")))?
-                        .len();
-                    copied += len;
-                    if mode.is_some_and(|m| m > 0o7777) {
-                        return Err(bad(format!("copy to {dest}: mode {mode:?} is not a file mode")));
-                    }
-                }
-                Step::Env { vars } => {
-                    for key in vars.keys() {
-                        let ok = !key.is_empty()
-                            && !key.as_bytes()[0].is_ascii_digit()
-                            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-                        if !ok {
-                            return Err(bad(format!("env: invalid variable name {key:?}")));
-                        }
-                    }
-                }
-                Step::Workdir { path } => check_abs_path(path).map_err(|d| bad(format!("workdir {d}")))?,
-            }
+            copied += step.validate().map_err(|detail| TemplateSpecError::Step { index, detail })?;
         }
         if copied > MAX_COPY_BYTES {
             return Err(TemplateSpecError::Invalid(format!(
                 "copied files total {copied} bytes; the limit is {MAX_COPY_BYTES}"
             )));
         }
+        self.validate_start_and_ready()
+    }
+
+    /// Checks the start command and the ready check.
+    fn validate_start_and_ready(&self) -> Result<(), TemplateSpecError> {
         if self.start.as_ref().is_some_and(|s| s.cmd.trim().is_empty()) {
             return Err(TemplateSpecError::Invalid("start: empty cmd".into()));
         }
@@ -267,6 +239,46 @@ fn check_abs_path(p: &str) -> Result<(), String> {
         return Err(format!("{p:?} must not contain NUL or '..'"));
     }
     Ok(())
+}
+
+impl Step {
+    /// Checks one step; returns how many bytes it copies into the sandbox.
+    fn validate(&self) -> Result<usize, String> {
+        match self {
+            Step::Run { cmd, timeout_secs, .. } => {
+                if cmd.trim().is_empty() {
+                    return Err("run: empty cmd".into());
+                }
+                if timeout_secs.is_some_and(|t| t == 0 || t > MAX_STEP_TIMEOUT_SECS) {
+                    return Err(format!("run: timeoutSecs must be 1..={MAX_STEP_TIMEOUT_SECS}"));
+                }
+            }
+            Step::Copy { dest, content_base64, mode, .. } => {
+                check_abs_path(dest).map_err(|d| format!("copy: dest {d}"))?;
+                use base64::Engine as _;
+                let len = base64::engine::general_purpose::STANDARD
+                    .decode(content_base64)
+                    .map_err(|e| format!("copy to {dest}: contentBase64 is not base64: {e}"))?
+                    .len();
+                if mode.is_some_and(|m| m > 0o7777) {
+                    return Err(format!("copy to {dest}: mode {mode:?} is not a file mode"));
+                }
+                return Ok(len);
+            }
+            Step::Env { vars } => {
+                for key in vars.keys() {
+                    let ok = !key.is_empty()
+                        && !key.as_bytes()[0].is_ascii_digit()
+                        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                    if !ok {
+                        return Err(format!("env: invalid variable name {key:?}"));
+                    }
+                }
+            }
+            Step::Workdir { path } => check_abs_path(path).map_err(|d| format!("workdir {d}"))?,
+        }
+        Ok(0)
+    }
 }
 
 #[cfg(test)]
