@@ -57,6 +57,15 @@ pub struct Spawned {
     pub exit: ExitReceiver,
 }
 
+/// The descriptors the parent keeps of a child: its pipes, or the master side of its pty.
+#[derive(Default)]
+struct ParentEnds {
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    pty_master: Option<OwnedFd>,
+}
+
 /// Identity the child switches to, prepared in the parent.
 #[derive(Clone)]
 struct Credentials {
@@ -93,7 +102,7 @@ fn build_command(spec: &SpawnSpec<'_>) -> Command {
 pub fn spawn(reaper: &Reaper, spec: &SpawnSpec<'_>) -> io::Result<Spawned> {
     let creds = Credentials::for_user(spec.user);
     let mut command = build_command(spec);
-    let (pid, (stdin, stdout, stderr, pty_master), exit) = reaper.spawn(|| match spec.pty {
+    let (pid, ends, exit) = reaper.spawn(|| match spec.pty {
         Some((cols, rows)) => {
             // Opened under the reaper's spawn lock so no concurrent fork inherits the slave.
             let pair = pty::open(cols, rows)?;
@@ -115,7 +124,7 @@ pub fn spawn(reaper: &Reaper, spec: &SpawnSpec<'_>) -> io::Result<Spawned> {
                 });
             }
             let child = command.spawn()?;
-            Ok((child.id(), (None, None, None, Some(pair.master))))
+            Ok((child.id(), ParentEnds { pty_master: Some(pair.master), ..ParentEnds::default() }))
         }
         None => {
             command
@@ -132,12 +141,16 @@ pub fn spawn(reaper: &Reaper, spec: &SpawnSpec<'_>) -> io::Result<Spawned> {
                 });
             }
             let mut child = command.spawn()?;
-            let stdin = child.stdin.take().map(OwnedFd::from);
-            let stdout = child.stdout.take().map(OwnedFd::from);
-            let stderr = child.stderr.take().map(OwnedFd::from);
-            Ok((child.id(), (stdin, stdout, stderr, None)))
+            let ends = ParentEnds {
+                stdin: child.stdin.take().map(OwnedFd::from),
+                stdout: child.stdout.take().map(OwnedFd::from),
+                stderr: child.stderr.take().map(OwnedFd::from),
+                pty_master: None,
+            };
+            Ok((child.id(), ends))
         }
     })?;
+    let ParentEnds { stdin, stdout, stderr, pty_master } = ends;
     Ok(Spawned { pid, stdin, stdout, stderr, pty_master, exit })
 }
 
