@@ -133,7 +133,8 @@ pub fn spawn(reaper: &Reaper, spec: &SpawnSpec<'_>) -> io::Result<Spawned> {
                 .stderr(Stdio::piped())
                 .process_group(0);
             let creds = creds.clone();
-            // SAFETY: as above; only setgroups/setgid/setuid, which are async-signal-safe.
+            // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+            // syscalls (setgroups, setgid, setuid) without allocating.
             unsafe {
                 command.pre_exec(move || match &creds {
                     Some(c) => c.apply(),
