@@ -6,17 +6,24 @@ use std::sync::Mutex;
 use super::{BootSpec, Engine, EngineError};
 use crate::ids::SandboxId;
 
-/// Records booted sandboxes; can be told to fail the next boot.
+/// Records booted sandboxes; can be told to fail the next boot or checkpoint, or every destroy.
 #[derive(Debug, Default)]
 pub struct FakeEngine {
     pub running: Mutex<BTreeSet<String>>,
     pub fail_next_boot: Mutex<bool>,
+    pub fail_next_checkpoint: Mutex<bool>,
+    /// While set, `destroy` fails and leaves the sandbox running (as a hung `runsc delete`).
+    pub fail_destroy: Mutex<bool>,
+}
+
+/// Takes a one-shot fault flag.
+fn take(flag: &Mutex<bool>) -> bool {
+    std::mem::take(&mut *flag.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 impl Engine for FakeEngine {
     fn boot(&self, spec: &BootSpec) -> Result<(), EngineError> {
-        let mut fail = self.fail_next_boot.lock().unwrap_or_else(|e| e.into_inner());
-        if std::mem::take(&mut *fail) {
+        if take(&self.fail_next_boot) {
             return Err(EngineError::Runsc {
                 id: spec.id.clone(),
                 op: "run",
@@ -33,6 +40,13 @@ impl Engine for FakeEngine {
         image_dir: &std::path::Path,
         leave_running: bool,
     ) -> Result<(), EngineError> {
+        if take(&self.fail_next_checkpoint) {
+            return Err(EngineError::Runsc {
+                id: id.clone(),
+                op: "checkpoint",
+                detail: "injected failure".into(),
+            });
+        }
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if !running.contains(id.as_str()) {
             return Err(EngineError::Runsc {
@@ -59,6 +73,13 @@ impl Engine for FakeEngine {
     }
 
     fn destroy(&self, id: &SandboxId) -> Result<(), EngineError> {
+        if *self.fail_destroy.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Err(EngineError::Runsc {
+                id: id.clone(),
+                op: "delete",
+                detail: "injected failure".into(),
+            });
+        }
         self.running.lock().unwrap_or_else(|e| e.into_inner()).remove(id.as_str());
         Ok(())
     }

@@ -1,4 +1,5 @@
-//! Runtime logic over the fake engine and network, with a minimal fake agent on loopback.
+//! Runtime logic over the fake engine and network, with a minimal fake agent on loopback. The
+//! helpers here are shared by `warm` (the warm pool) and `faults` (engine failures).
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -9,6 +10,9 @@ use crate::config::{Layout, RuntimeConfig};
 use crate::engine::fake::FakeEngine;
 use crate::fake_agent::fake_agent;
 use crate::network::fake::FakeNetwork;
+
+mod faults;
+mod warm;
 
 fn runtime(tag: u8, engine: Arc<FakeEngine>) -> (Runtime, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("firkin-rt-test-{}-{tag}", std::process::id()));
@@ -44,6 +48,8 @@ async fn create_persists_and_kill_releases_everything() {
     assert_eq!(engine.list().unwrap().len(), 1);
 
     rt.kill_and_wait(rec.id.as_str()).await.unwrap();
+    // The template build's own sandbox and probe are torn down in the background.
+    rt.drain_teardowns().await;
     assert!(rt.route(rec.id.as_str()).is_none());
     assert!(matches!(rt.kill(rec.id.as_str()).await, Err(RuntimeError::SandboxNotFound(_))));
     assert!(!rt.config().layout.sandbox_record(rec.id.as_str()).exists());
