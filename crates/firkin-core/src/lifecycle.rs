@@ -1,11 +1,15 @@
 //! The sandbox lifecycle state machine.
 //!
 //! ```text
-//! creating ──ready──▶ running ──pause──▶ pausing ──paused──▶ paused
-//!     │                 ▲  │                                   │
-//!     └──fail──▶ killed │  └──kill──▶ killed        resume ◀───┘
-//!                       └──────────── resuming ◀──────────────┘
+//! creating     ──ready─────▶ running        creating     ──fail──────▶ killed
+//! running      ──pause─────▶ pausing        pausing      ──paused────▶ paused
+//! pausing      ──fail──────▶ running        paused       ──resume────▶ resuming
+//! resuming     ──ready─────▶ running        resuming     ──fail──────▶ paused
+//! running      ──snapshot──▶ snapshotting   snapshotting ──done/fail─▶ running
+//! any state but killed ──kill──▶ killed
 //! ```
+//! A snapshot (and fork, a continuation capture, a template's checkpoint) leaves the sandbox
+//! running; `snapshotting` only holds its traffic while the image is taken.
 //! Every transition is explicit; an illegal one is a typed [`TransitionError`].
 
 use serde::{Deserialize, Serialize};
