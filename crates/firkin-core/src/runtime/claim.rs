@@ -29,6 +29,13 @@ pub(super) struct Held {
 
 /// What one starting sandbox holds; released on drop unless committed.
 pub(super) struct Claim {
+    h: Holdings,
+    committed: bool,
+}
+
+/// The holdings of a claim, and what releasing them needs.
+#[derive(Clone)]
+struct Holdings {
     rt: Runtime,
     id: SandboxId,
     op: Operation,
@@ -41,7 +48,6 @@ pub(super) struct Claim {
     /// The sandbox id outlives this claim (a resume): the teardown holds the sandbox's engine
     /// lock, so the next resume of it waits until the old namespace is gone.
     shared_id: bool,
-    committed: bool,
 }
 
 impl Claim {
@@ -93,7 +99,7 @@ impl Claim {
         }
         let mut claim = Claim::holding(rt, id, Operation::Readopt, slot, None);
         let grant = rt.inner.admission.reserve(want, Class::Active, Duration::ZERO).await;
-        claim.reservation = Some(grant.map_err(ReadoptError::Capacity)?.id);
+        claim.h.reservation = Some(grant.map_err(ReadoptError::Capacity)?.id);
         Ok(claim)
     }
 
@@ -104,7 +110,7 @@ impl Claim {
         slot: u32,
         reservation: Option<ReservationId>,
     ) -> Claim {
-        Claim {
+        let h = Holdings {
             rt: rt.clone(),
             id: id.clone(),
             op,
@@ -113,64 +119,64 @@ impl Claim {
             engine: false,
             record: false,
             shared_id: false,
-            committed: false,
-        }
+        };
+        Claim { h, committed: false }
     }
 
     /// The claim is for an existing sandbox (resume): see `shared_id`.
     pub fn for_existing_sandbox(mut self) -> Claim {
-        self.shared_id = true;
+        self.h.shared_id = true;
         self
     }
 
     /// The same holdings, now for another operation (a warm entry checked out by a create).
     pub fn now_for(mut self, op: Operation) -> Claim {
-        self.op = op;
+        self.h.op = op;
         self
     }
 
     pub fn id(&self) -> &SandboxId {
-        &self.id
+        &self.h.id
     }
 
     pub fn op(&self) -> Operation {
-        self.op
+        self.h.op
     }
 
     pub fn slot(&self) -> u32 {
-        self.slot
+        self.h.slot
     }
 
     pub fn reservation(&self) -> Option<ReservationId> {
-        self.reservation
+        self.h.reservation
     }
 
     /// The engine side is about to be started: from now on a release tears it down.
     pub fn engine_starting(&mut self) {
-        self.engine = true;
+        self.h.engine = true;
     }
 
     /// A `Creating` record was put into the table: a release removes it (and its file).
     pub fn recorded(&mut self) {
-        self.record = true;
+        self.h.record = true;
     }
 
     /// The ledger evicted the reservation for active work: there is nothing left to release.
     pub fn reservation_evicted(&mut self) {
-        self.reservation = None;
+        self.h.reservation = None;
     }
 
     /// Hands everything over to the sandbox's record: nothing is released on drop.
     pub fn commit(mut self) -> Held {
         self.committed = true;
-        Held { slot: self.slot, reservation: self.reservation }
+        Held { slot: self.h.slot, reservation: self.h.reservation }
     }
 
     /// Like [`Claim::commit`], and releases `old`, the reservation this one replaces (a resumed
     /// sandbox's disk-only paused reservation).
     pub fn commit_replacing(self, old: Option<ReservationId>) -> Held {
         if let Some(old) = old {
-            release_reservation(&self.rt, &self.id, self.op, old);
+            release_reservation(&self.h.rt, &self.h.id, self.h.op, old);
         }
         self.commit()
     }
@@ -195,40 +201,19 @@ impl Claim {
     }
 
     /// What is left to release, once; the claim holds nothing afterwards.
-    fn disarm(&mut self) -> Option<Release> {
+    fn disarm(&mut self) -> Option<Holdings> {
         if std::mem::replace(&mut self.committed, true) {
             return None;
         }
-        Some(Release {
-            rt: self.rt.clone(),
-            id: self.id.clone(),
-            op: self.op,
-            slot: self.slot,
-            reservation: self.reservation,
-            engine: self.engine,
-            record: self.record,
-            shared_id: self.shared_id,
-        })
+        Some(self.h.clone())
     }
 }
 
-/// A claim given up: its holdings, to be released.
-struct Release {
-    rt: Runtime,
-    id: SandboxId,
-    op: Operation,
-    slot: u32,
-    reservation: Option<ReservationId>,
-    engine: bool,
-    record: bool,
-    shared_id: bool,
-}
-
-impl Release {
+impl Holdings {
     /// Removes the record, tears the engine side down (under the sandbox's engine lock when the
     /// id outlives the claim), then returns the slot and the capacity.
     async fn run(self) -> Result<(), CleanupError> {
-        let Release { rt, id, op, slot, reservation, engine, record, shared_id } = self;
+        let Holdings { rt, id, op, slot, reservation, engine, record, shared_id } = self;
         if record {
             rt.forget_record(&id);
         }
@@ -278,8 +263,8 @@ impl Drop for Claim {
 }
 
 /// Runs a release that has no engine side (and no record left), without an async runtime.
-fn release_now(release: Release) {
-    let Release { rt, id, op, slot, reservation, .. } = release;
+fn release_now(release: Holdings) {
+    let Holdings { rt, id, op, slot, reservation, .. } = release;
     rt.slots().release(slot);
     if let Some(r) = reservation {
         release_reservation(&rt, &id, op, r);

@@ -55,10 +55,7 @@ async fn failed_destroy_is_kept_beside_the_error_and_leaks_no_capacity() {
     *engine.fail_destroy.lock().unwrap() = false;
     let layout = rt.config().layout.clone();
     drop(rt);
-    let mut cfg = RuntimeConfig::new(layout, "/nonexistent/agent");
-    cfg.disk_floors = crate::config::DiskFloors { restore_mb: 0, snapshot_mb: 0, warm_mb: 0 };
-    let net = Arc::new(FakeNetwork { base: Ipv4Addr::new(127, 201, 15, 0) });
-    let report = Runtime::new(cfg, engine.clone(), net).reconcile().await;
+    let report = restarted(layout, engine.clone(), 15).reconcile().await;
     assert_eq!(report.engine_sandboxes, 1);
     assert!(engine.list().unwrap().is_empty());
     let _ = std::fs::remove_dir_all(dir);

@@ -25,6 +25,15 @@ fn runtime(tag: u8, engine: Arc<FakeEngine>) -> (Runtime, std::path::PathBuf) {
     (Runtime::new(cfg, engine, net), dir)
 }
 
+/// A new runtime (a restarted server) over the state `layout` an earlier one left.
+fn restarted(layout: Layout, engine: Arc<FakeEngine>, tag: u8) -> Runtime {
+    let mut cfg = RuntimeConfig::new(layout, "/nonexistent/agent");
+    cfg.disk_floors = crate::config::DiskFloors { restore_mb: 0, snapshot_mb: 0, warm_mb: 0 };
+    cfg.ready_timeout = Duration::from_millis(300);
+    let net = Arc::new(FakeNetwork { base: Ipv4Addr::new(127, 201, tag, 0) });
+    Runtime::new(cfg, engine, net)
+}
+
 /// Fake agents answering at the first `n` network slots of test network `tag`.
 async fn agents(tag: u8, n: u32) {
     for slot in 0..n {
@@ -189,11 +198,7 @@ async fn restart_readopts_paused_and_running_and_cleans_the_rest() {
     let layout = rt.config().layout.clone();
     drop(rt); // the server dies without shutting down
 
-    let mut cfg = RuntimeConfig::new(layout.clone(), "/nonexistent/agent");
-    cfg.disk_floors = crate::config::DiskFloors { restore_mb: 0, snapshot_mb: 0, warm_mb: 0 };
-    cfg.ready_timeout = Duration::from_millis(300);
-    let net = Arc::new(FakeNetwork { base: Ipv4Addr::new(127, 201, 9, 0) });
-    let rt2 = Runtime::new(cfg, engine.clone(), net);
+    let rt2 = restarted(layout.clone(), engine.clone(), 9);
     let report = rt2.reconcile().await;
     assert_eq!(report.adopted_paused, 1);
     assert_eq!(report.adopted_running, 1);
