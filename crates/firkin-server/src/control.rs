@@ -71,8 +71,7 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let q = list_query(&params)?;
     let page = st.runtime.list(&q);
-    let items: Vec<SandboxListing> =
-        page.items.iter().map(|r| SandboxListing::from_record(r, false, None)).collect();
+    let items: Vec<SandboxListing> = page.items.iter().map(SandboxListing::listed).collect();
     let mut resp = Json(items).into_response();
     if let Some(tok) = page.next_cursor {
         if let Ok(v) = HeaderValue::from_str(&tok) {
@@ -87,7 +86,7 @@ async fn detail(
     Path(id): Path<String>,
 ) -> Result<Json<SandboxListing>, ApiError> {
     let rec = st.runtime.get_visible(&id)?;
-    Ok(Json(SandboxListing::from_record(&rec, true, st.runtime.config().domain.clone())))
+    Ok(Json(SandboxListing::detail(&rec, st.runtime.config().domain.clone())))
 }
 
 async fn kill(State(st): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {

@@ -133,7 +133,21 @@ pub struct SandboxListing {
 }
 
 impl SandboxListing {
-    pub fn from_record(r: &SandboxRecord, detail: bool, domain: Option<String>) -> SandboxListing {
+    /// A `ListedSandbox` (list routes): no token, no domain.
+    pub fn listed(r: &SandboxRecord) -> SandboxListing {
+        SandboxListing::from_record(r)
+    }
+
+    /// A `SandboxDetail` (`GET /sandboxes/{id}`): with the envd token and the domain.
+    pub fn detail(r: &SandboxRecord, domain: Option<String>) -> SandboxListing {
+        SandboxListing {
+            envd_access_token: Some(r.access_token.clone()),
+            domain,
+            ..SandboxListing::from_record(r)
+        }
+    }
+
+    fn from_record(r: &SandboxRecord) -> SandboxListing {
         SandboxListing {
             template_id: r.template_id.clone(),
             sandbox_id: r.id.to_string(),
@@ -146,8 +160,8 @@ impl SandboxListing {
             state: r.state.e2b_name().unwrap_or("running"),
             envd_version: ENVD_VERSION,
             metadata: r.metadata.clone(),
-            envd_access_token: detail.then(|| r.access_token.clone()),
-            domain: if detail { domain } else { None },
+            envd_access_token: None,
+            domain: None,
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
-use super::{BootSpec, Engine, EngineError};
+use super::{AfterCheckpoint, BootSpec, Engine, EngineError};
 use crate::ids::SandboxId;
 
 /// Records booted sandboxes; can be told to fail the next boot or checkpoint, or every destroy.
@@ -38,7 +38,7 @@ impl Engine for FakeEngine {
         &self,
         id: &SandboxId,
         image_dir: &std::path::Path,
-        leave_running: bool,
+        after: AfterCheckpoint,
     ) -> Result<(), EngineError> {
         if take(&self.fail_next_checkpoint) {
             return Err(EngineError::Runsc {
@@ -59,7 +59,7 @@ impl Engine for FakeEngine {
             .map_err(|source| EngineError::Bundle { id: id.clone(), source })?;
         std::fs::write(image_dir.join("checkpoint.img"), id.as_str())
             .map_err(|source| EngineError::Bundle { id: id.clone(), source })?;
-        if !leave_running {
+        if after == AfterCheckpoint::Stop {
             running.remove(id.as_str());
         }
         Ok(())

@@ -42,13 +42,22 @@ pub enum EngineError {
 }
 
 /// A sandbox engine.
+/// What happens to a sandbox once its checkpoint is saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterCheckpoint {
+    KeepRunning,
+    Stop,
+}
+
 pub trait Engine: Send + Sync + 'static {
     /// Boots a sandbox whose init process is the agent. Returns once the engine reports it
     /// started (the agent may not answer yet).
     fn boot(&self, spec: &BootSpec) -> Result<(), EngineError>;
-    /// Saves the sandbox's whole state (memory, processes, overlay) into `image_dir`. With
-    /// `leave_running` false the sandbox stops after the save (pause); otherwise it continues.
-    fn checkpoint(&self, id: &SandboxId, image_dir: &Path, leave_running: bool) -> Result<(), EngineError>;
+    /// Saves the sandbox's whole state (memory, processes, overlay) into `image_dir`; `after`
+    /// says whether it keeps running (pause, snapshots and template captures all keep it
+    /// running: the image is proven restorable before the source is stopped).
+    fn checkpoint(&self, id: &SandboxId, image_dir: &Path, after: AfterCheckpoint)
+        -> Result<(), EngineError>;
     /// Starts a sandbox from a checkpoint image instead of booting it.
     fn restore(&self, spec: &BootSpec, image_dir: &Path) -> Result<(), EngineError>;
     /// Stops and deletes a sandbox. Idempotent: an unknown sandbox is not an error.

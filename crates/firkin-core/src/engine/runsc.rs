@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use super::{oci, BootSpec, Engine, EngineError};
+use super::{oci, AfterCheckpoint, BootSpec, Engine, EngineError};
 use crate::atomic::write_json_atomic;
 use crate::ids::SandboxId;
 
@@ -55,8 +55,8 @@ impl RunscEngine {
         }
     }
 
-    fn base_command(&self, workaround: bool) -> Command {
-        let mut cmd = if workaround {
+    fn base_command(&self, mode: LaunchMode) -> Command {
+        let mut cmd = if mode == LaunchMode::NetnsWorkaround {
             let mut c = Command::new("unshare");
             c.args([
                 "--mount",
@@ -77,12 +77,12 @@ impl RunscEngine {
     }
 
     /// One `runsc run` (or `runsc restore` when `image` is given) attempt.
-    fn run_once(&self, spec: &BootSpec, workaround: bool, image: Option<&Path>) -> Result<(), String> {
+    fn run_once(&self, spec: &BootSpec, mode: LaunchMode, image: Option<&Path>) -> Result<(), String> {
         let log_path = spec.run_dir.join("sandbox.log");
         let log = File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
         let log_err = log.try_clone().map_err(|e| e.to_string())?;
         let status = self
-            .base_command(workaround)
+            .base_command(mode)
             .args(["--network=sandbox", "--net-disconnect-ok", "--overlay2=root:memory"])
             .args(match image {
                 None => vec!["run".to_owned(), "-detach".to_owned()],
@@ -122,7 +122,9 @@ impl RunscEngine {
             .map_err(|e| EngineError::Bundle { id: spec.id.clone(), source: e.source })?;
 
         let mode = self.mode.load(Ordering::Relaxed);
-        let first = self.run_once(spec, mode == MODE_NETNS_WORKAROUND, image);
+        let launch =
+            if mode == MODE_NETNS_WORKAROUND { LaunchMode::NetnsWorkaround } else { LaunchMode::Plain };
+        let first = self.run_once(spec, launch, image);
         match first {
             Ok(()) => {
                 if mode == MODE_UNKNOWN {
@@ -134,7 +136,7 @@ impl RunscEngine {
                 tracing::warn!("runsc needs the /proc/sys/net workaround on this host; enabling it");
                 let _ = self.destroy(&spec.id);
                 self.mode.store(MODE_NETNS_WORKAROUND, Ordering::Relaxed);
-                self.run_once(spec, true, image).map_err(|detail| EngineError::Runsc {
+                self.run_once(spec, LaunchMode::NetnsWorkaround, image).map_err(|detail| EngineError::Runsc {
                     id: spec.id.clone(),
                     op: if image.is_some() { "restore" } else { "run" },
                     detail,
@@ -149,7 +151,7 @@ impl RunscEngine {
     }
 
     fn runsc_status(&self, args: &[&str]) -> Result<std::process::Output, std::io::Error> {
-        self.base_command(false).args(args).stdin(Stdio::null()).output()
+        self.base_command(LaunchMode::Plain).args(args).stdin(Stdio::null()).output()
     }
 }
 
@@ -158,13 +160,18 @@ impl Engine for RunscEngine {
         self.start(spec, None)
     }
 
-    fn checkpoint(&self, id: &SandboxId, image_dir: &Path, leave_running: bool) -> Result<(), EngineError> {
+    fn checkpoint(
+        &self,
+        id: &SandboxId,
+        image_dir: &Path,
+        after: AfterCheckpoint,
+    ) -> Result<(), EngineError> {
         let mut args = vec![
             "checkpoint".to_owned(),
             format!("--image-path={}", image_dir.display()),
             "--compression=none".to_owned(),
         ];
-        if leave_running {
+        if after == AfterCheckpoint::KeepRunning {
             args.push("--leave-running".to_owned());
         }
         args.push(id.to_string());

@@ -48,21 +48,29 @@ fn run_ip(owner: &str, op: &str, args: &[&str]) -> Result<(), NetworkError> {
     run(owner, op, Command::new("ip").args(args), None)
 }
 
+/// What a batch of `ip` commands does after a failed line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnFailedLine {
+    /// Stop and report it (setup).
+    Stop,
+    /// Go on with the rest (teardown: remove whatever is there).
+    GoOn,
+}
+
 /// Runs several `ip` commands in one process (`ip [-n NS] -batch -`): one fork/exec instead
-/// of one per command, which is most of a create's network setup time. `force` goes on past
-/// a failed line (teardown); otherwise the first failure stops the batch and is reported.
+/// of one per command, which is most of a create's network setup time.
 fn run_ip_batch(
     owner: &str,
     op: &str,
     ns: Option<&str>,
-    force: bool,
+    on_failure: OnFailedLine,
     lines: &[String],
 ) -> Result<(), NetworkError> {
     let mut cmd = Command::new("ip");
     if let Some(ns) = ns {
         cmd.args(["-n", ns]);
     }
-    if force {
+    if on_failure == OnFailedLine::GoOn {
         cmd.arg("-force");
     }
     cmd.args(["-batch", "-"]);
@@ -109,8 +117,8 @@ impl Network for NetnsNetwork {
             "link set lo up".to_owned(),
             format!("route add default via {host_ip}"),
         ];
-        let made = run_ip_batch(id.as_str(), "host side", None, false, &host)
-            .and_then(|()| run_ip_batch(id.as_str(), "sandbox side", Some(&ns), false, &inside));
+        let made = run_ip_batch(id.as_str(), "host side", None, OnFailedLine::Stop, &host)
+            .and_then(|()| run_ip_batch(id.as_str(), "sandbox side", Some(&ns), OnFailedLine::Stop, &inside));
         if let Err(e) = made {
             let _ = self.detach(id, slot);
             return Err(e);
@@ -130,7 +138,7 @@ impl Network for NetnsNetwork {
         if lines.is_empty() {
             return Ok(());
         }
-        run_ip_batch(id.as_str(), "teardown", None, true, &lines)
+        run_ip_batch(id.as_str(), "teardown", None, OnFailedLine::GoOn, &lines)
     }
 
     fn list_namespaces(&self) -> Vec<String> {

@@ -16,6 +16,7 @@ use super::error::Operation;
 use super::{Runtime, RuntimeError};
 use crate::admission::{Class, Resources};
 use crate::atomic::write_json_atomic;
+use crate::engine::AfterCheckpoint;
 use crate::ids::SandboxId;
 use crate::lifecycle::{LifecycleEvent, SandboxState};
 use crate::record::SandboxRecord;
@@ -209,7 +210,7 @@ impl Runtime {
             std::fs::create_dir_all(&tmp).map_err(|e| {
                 RuntimeError::Internal(format!("{op} of {cid}: creating {}: {e}", tmp.display()))
             })?;
-            engine.checkpoint(&cid, &tmp, true).map_err(|source| {
+            engine.checkpoint(&cid, &tmp, AfterCheckpoint::KeepRunning).map_err(|source| {
                 super::boot::remove_dir_logged(&tmp, &cid);
                 RuntimeError::Engine { op, id: cid.to_string(), source }
             })

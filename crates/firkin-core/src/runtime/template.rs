@@ -106,7 +106,7 @@ impl Runtime {
         spec.validate()?;
         let lock = self.build_lock(&spec.name);
         let _guard = lock.lock().await;
-        self.build_locked(spec, false, progress).await
+        self.build_locked(spec, progress).await
     }
 
     /// Templates, newest artifact per name, built-ins first.
@@ -159,7 +159,7 @@ impl Runtime {
             }
             let quiet: ProgressFn =
                 Arc::new(|p: BuildProgress| tracing::debug!(message = %p.message, "build"));
-            return self.build_locked(spec, true, quiet).await.map(Some);
+            return self.build_locked(spec, quiet).await.map(Some);
         }
         self.usable_template(id, None)
     }
@@ -213,7 +213,6 @@ impl Runtime {
     async fn build_locked(
         &self,
         spec: TemplateSpec,
-        builtin: bool,
         progress: ProgressFn,
     ) -> Result<SnapshotManifest, RuntimeError> {
         let started = Instant::now();
@@ -244,7 +243,7 @@ impl Runtime {
             internal: true,
         };
         let rec = self.launch(req, source).await?;
-        let built = self.build_in(&rec, &spec, &rootfs, builtin, &progress, started).await;
+        let built = self.build_in(&rec, &spec, &rootfs, &progress, started).await;
         if let Err(e) = self.kill(rec.id.as_str()).await {
             tracing::warn!(sandbox = %rec.id, error = %e, "removing the build sandbox failed");
         }
@@ -262,7 +261,6 @@ impl Runtime {
         rec: &SandboxRecord,
         spec: &TemplateSpec,
         rootfs: &Rootfs,
-        builtin: bool,
         progress: &ProgressFn,
         started: Instant,
     ) -> Result<SnapshotManifest, RuntimeError> {
@@ -296,7 +294,8 @@ impl Runtime {
         progress(BuildProgress { phase: phases, phases, message: "checkpointing".into() });
         let info = TemplateInfo {
             name: spec.name.clone(),
-            builtin,
+            // Built-in names are reserved, so the name says which kind this is.
+            builtin: builtin::is_builtin(&spec.name),
             spec_sha256: spec.sha256(),
             steps: spec.steps.len(),
             start_cmd: spec.start.as_ref().map(|s| s.cmd.clone()),
