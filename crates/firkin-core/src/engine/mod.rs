@@ -41,7 +41,6 @@ pub enum EngineError {
     List(String),
 }
 
-/// A sandbox engine.
 /// What happens to a sandbox once its checkpoint is saved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterCheckpoint {
@@ -49,6 +48,7 @@ pub enum AfterCheckpoint {
     Stop,
 }
 
+/// A sandbox engine.
 pub trait Engine: Send + Sync + 'static {
     /// Boots a sandbox whose init process is the agent. Returns once the engine reports it
     /// started (the agent may not answer yet).
