@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Quickstart, command 2: the whole test suite. Installs what it needs (setup.sh), checks format
-# and lints, runs the Rust tests, then starts a real server on a free loopback port and runs the
+# Quickstart, command 2: the whole test suite. Installs what it needs (setup.sh), runs the rootless
+# fast loop (check.sh: format, lints, Rust tests, the interpreter's host-side tests), then
+# builds the release binaries, starts a real server on a free loopback port and runs the
 # SDK-compatibility suite (real `e2b` SDK, real gVisor sandboxes) against it, a server-restart
 # durability check, a kill -9 check, a short checked soak and a short bench. Exits non-zero on any failure, including sandboxes, runsc
 # processes or network namespaces left behind after the server stopped.
@@ -22,12 +23,8 @@ step() { printf '\n== %s (+%ds)\n' "$*" "$(($(date +%s) - STARTED))"; }
 step "setup"
 bash scripts/setup.sh
 
-step "cargo fmt / clippy"
-cargo fmt --all --check
-cargo clippy --locked --workspace --all-targets -- -D warnings
-
-step "cargo test"
-cargo test --locked --workspace
+step "check.sh: fmt, clippy, cargo test, interpreter host-side tests"
+bash scripts/check.sh
 
 step "build release binaries"
 cargo build --release --locked --bin firkin --bin firkin-agent
