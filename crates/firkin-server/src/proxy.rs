@@ -52,9 +52,27 @@ pub async fn to_sandbox(st: &AppState, id: &str, port: u16, req: Request) -> Res
         return ApiError::not_found("no such route").into_response();
     }
     if let Some(refusal) = sync_refusal(st, &route, port, &req) {
-        return refusal;
+        return refused(req, refusal).await;
     }
     forward(st, &route, port, req).await
+}
+
+/// Longest request body read (and dropped) before a refusal is sent.
+const REFUSED_BODY_LIMIT: usize = 16 << 20;
+
+/// Answers `refusal` once the request's body has been read: a client still writing its body
+/// when the answer and the connection's close arrive sees a broken pipe, not the refusal (seen
+/// with the SDK's uploads). A body over the limit is not waited for.
+async fn refused(req: Request, refusal: Response) -> Response {
+    let drained = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        axum::body::to_bytes(req.into_body(), REFUSED_BODY_LIMIT),
+    )
+    .await;
+    if !matches!(drained, Ok(Ok(_))) {
+        tracing::debug!("refused request's body not read to its end");
+    }
+    refusal
 }
 
 /// Files-API writes: uploads and the filesystem RPCs that change something.
@@ -128,7 +146,7 @@ pub async fn signed_files(st: &AppState, req: Request) -> Response {
     };
     match st.runtime.route_by_file_signature(path, op, username, signature, expiration) {
         Some(route) => match sync_refusal(st, &route, ENVD_PORT, &req) {
-            Some(refusal) => refusal,
+            Some(refusal) => refused(req, refusal).await,
             None => forward(st, &route, ENVD_PORT, req).await,
         },
         None => ApiError::unauthorized("invalid or expired file URL signature (or the sandbox is gone)")
