@@ -182,6 +182,16 @@ ensure_rootfs() {
 ensure_rootfs "$BASE_NAME" "$BASE_PACKAGES"
 ensure_rootfs "$INTERPRETER_NAME" "$INTERPRETER_PACKAGES"
 
+# gVisor mounts a memory tmpfs over an empty /tmp. firkin keeps /tmp on the sandbox's disk (as
+# E2B does), so the rootfs's /tmp holds one small file (also added to rootfs built before).
+TMP_MARKER="tmp/.firkin-on-disk"
+for name in "$BASE_NAME" "$INTERPRETER_NAME"; do
+  [ -e "$ROOTFS_DIR/$name/$TMP_MARKER" ] && continue
+  printf 'firkin: /tmp is on the sandbox disk; this file keeps gVisor from mounting a tmpfs here.\n' \
+    >"$ROOTFS_DIR/$name/$TMP_MARKER.tmp"
+  mv -f "$ROOTFS_DIR/$name/$TMP_MARKER.tmp" "$ROOTFS_DIR/$name/$TMP_MARKER"
+done
+
 # --- Python venv for the SDK tests -----------------------------------------------------------
 venv_ok() {
   [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "${PY_PINS[@]}" <<'PY' 2>/dev/null

@@ -33,6 +33,13 @@ pub struct HostArgs {
     /// cpu in milli-vCPU, already overcommitted).
     #[arg(long, env = "FIRKIN_CAPACITY")]
     pub capacity: Option<String>,
+    /// Disk size (MiB) of sandboxes whose template does not set `diskSizeMB`: a hard limit on
+    /// what each sandbox can write (ENOSPC inside past it), not a reservation.
+    #[arg(long, env = "FIRKIN_DISK_SIZE_MB", default_value_t = 10240)]
+    pub disk_size_mb: u32,
+    /// Disk (MiB) each sandbox holds in the capacity ledger: headroom for what it writes.
+    #[arg(long, env = "FIRKIN_DISK_RESERVE_MB", default_value_t = 1024)]
+    pub disk_reserve_mb: u32,
     /// Seconds without an answer from a running sandbox's agent before it is killed as stuck.
     #[arg(long, env = "FIRKIN_STUCK_AFTER_SECS", default_value_t = 60)]
     pub stuck_after_secs: u64,
@@ -113,11 +120,19 @@ impl HostArgs {
         config.runsc_path = self.runsc.clone();
         config.warm_pool = self.warm_pool.clone();
         config.disk_floors = self.disk_floors;
+        anyhow::ensure!(
+            firkin_core::template::spec::DISK_SIZE_MB.contains(&self.disk_size_mb),
+            "--disk-size-mb must be {}..={}",
+            firkin_core::template::spec::DISK_SIZE_MB.start(),
+            firkin_core::template::spec::DISK_SIZE_MB.end()
+        );
+        config.disk_size_mb = self.disk_size_mb;
+        config.disk_reserve_mb = self.disk_reserve_mb;
         config.stuck_after = std::time::Duration::from_secs(self.stuck_after_secs.max(1));
         if let Some(spec) = &self.capacity {
             config.capacity = apply_capacity(config.capacity, spec)?;
         }
-        let engine = Arc::new(RunscEngine::new(self.runsc.clone(), layout.runsc_root()));
+        let engine = Arc::new(RunscEngine::new(self.runsc.clone(), layout.runsc_root(), layout.disks_dir()));
         // runsc leaves its sandbox processes orphaned; reap them promptly (fast `runsc delete`).
         firkin_core::engine::reaper::adopt_runsc_orphans();
         let network = Arc::new(NetnsNetwork::new(self.subnet_base, &layout.state_dir));

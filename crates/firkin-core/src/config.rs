@@ -37,6 +37,10 @@ impl Layout {
         self.state_dir.join("run").join("sandboxes").join(id)
     }
     /// runsc's own state root.
+    /// Per-sandbox disk images and their mount points.
+    pub fn disks_dir(&self) -> PathBuf {
+        self.state_dir.join("run").join("disks")
+    }
     pub fn runsc_root(&self) -> PathBuf {
         self.state_dir.join("run").join("runsc")
     }
@@ -82,8 +86,13 @@ pub struct RuntimeConfig {
     pub max_cpu_count: u32,
     pub default_memory_mb: u32,
     pub max_memory_mb: u32,
-    /// Nominal disk size reported for sandboxes (the overlay is memory-backed).
+    /// Disk size of sandboxes whose template does not set one (E2B's default: 10 GiB). A
+    /// limit, not a reservation: see `disk_reserve_mb`.
     pub disk_size_mb: u32,
+    /// Disk each running sandbox holds in the capacity ledger: headroom for what it writes, not
+    /// its whole size (a 10 GiB limit per sandbox must not cap a host at a few sandboxes). The
+    /// disk free-space floors guard what sandboxes really write.
+    pub disk_reserve_mb: u32,
     /// How long to wait for the agent to answer after the engine started the sandbox.
     pub ready_timeout: Duration,
     /// Domain reported in create responses (`null` when empty).
@@ -115,7 +124,8 @@ impl RuntimeConfig {
             max_cpu_count: 8,
             default_memory_mb: 512,
             max_memory_mb: 8192,
-            disk_size_mb: 1024,
+            disk_size_mb: 10240,
+            disk_reserve_mb: 1024,
             ready_timeout: Duration::from_secs(20),
             domain: None,
             capacity: crate::admission::host::host_capacity(&layout_state, 16),

@@ -3,6 +3,7 @@
 //! calls them from `spawn_blocking`.
 
 pub mod cgroup;
+pub mod disk;
 pub mod fake;
 pub mod oci;
 pub mod reaper;
@@ -26,6 +27,8 @@ pub struct BootSpec {
     pub run_dir: PathBuf,
     pub cpu_count: u32,
     pub memory_mb: u32,
+    /// Size of the sandbox's disk (its root filesystem's writable layer), a hard limit.
+    pub disk_mb: u32,
 }
 
 /// Engine failures, each naming the operation and the sandbox.
@@ -39,6 +42,8 @@ pub enum EngineError {
     Runsc { id: SandboxId, op: &'static str, detail: String },
     #[error("engine: listing sandboxes: {0}")]
     List(String),
+    #[error("engine: {0}")]
+    Disk(#[from] disk::DiskError),
 }
 
 /// What happens to a sandbox once its checkpoint is saved.
@@ -53,6 +58,10 @@ pub trait Engine: Send + Sync + 'static {
     /// Boots a sandbox whose init process is the agent. Returns once the engine reports it
     /// started (the agent may not answer yet).
     fn boot(&self, spec: &BootSpec) -> Result<(), EngineError>;
+    /// Disk usage of a running sandbox, where the engine gives it a disk of its own.
+    fn disk_usage(&self, _id: &SandboxId) -> Option<disk::DiskUsage> {
+        None
+    }
     /// Saves the sandbox's whole state (memory, processes, overlay) into `image_dir`; `after`
     /// says whether it keeps running (pause, snapshots and template captures all keep it
     /// running: the image is proven restorable before the source is stopped).

@@ -55,7 +55,6 @@ pub fn runtime_spec(spec: &BootSpec) -> Value {
             {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
             {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
             {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
             {"destination": AGENT_GUEST_PATH, "type": "bind", "source": spec.agent_path, "options": ["rbind", "ro"]},
         ],
         "linux": {
@@ -90,12 +89,21 @@ mod tests {
             run_dir: "/run/x".into(),
             cpu_count: 2,
             memory_mb: 512,
+            disk_mb: 10240,
         };
         let v = runtime_spec(&spec);
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], 512u64 * 1024 * 1024);
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 200_000u64);
         assert_eq!(v["linux"]["namespaces"][4]["path"], "/var/run/netns/x");
         assert_eq!(v["process"]["args"][0], AGENT_GUEST_PATH);
-        assert_eq!(v["mounts"][6]["source"], "/usr/bin/firkin-agent");
+        assert_eq!(v["mounts"][5]["source"], "/usr/bin/firkin-agent");
+        let tmpfs: Vec<&str> = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["type"] == "tmpfs")
+            .map(|m| m["destination"].as_str().unwrap())
+            .collect();
+        assert!(!tmpfs.contains(&"/tmp"), "/tmp is on the sandbox's disk, as in E2B: {tmpfs:?}");
     }
 }

@@ -1,8 +1,10 @@
 //! The gVisor engine: drives the `runsc` OCI CLI.
 //!
 //! Each sandbox runs with `--network=sandbox` (gVisor's netstack takes over the veth in the
-//! sandbox's namespace) and `--overlay2=root:memory` (writes land in a memory-backed overlay over
-//! the read-only template rootfs, so they are checkpointed with the sandbox).
+//! sandbox's namespace) and `--overlay2=root:dir=<its disk>`: writes land in an overlay over the
+//! read-only template rootfs whose filestore is a file on the sandbox's own loop-mounted disk
+//! ([`super::disk`]), so they use host disk, not sandbox memory, within a hard size limit, and
+//! they are checkpointed with the sandbox (a restore writes them into a fresh disk).
 //!
 //! Some runsc builds (e.g. Debian's 2024-07-29) refuse to start with networking because their
 //! "root network namespace?" check tests for `/proc/sys/net/core/rmem_default`, which newer
@@ -15,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use super::disk::{DiskUsage, Disks};
 use super::{oci, AfterCheckpoint, BootSpec, Engine, EngineError};
 use crate::atomic::write_json_atomic;
 use crate::ids::SandboxId;
@@ -40,11 +43,13 @@ pub struct RunscEngine {
     runsc: PathBuf,
     root: PathBuf,
     mode: AtomicU8,
+    disks: Disks,
 }
 
 impl RunscEngine {
-    pub fn new(runsc: PathBuf, root: PathBuf) -> RunscEngine {
-        RunscEngine { runsc, root, mode: AtomicU8::new(MODE_UNKNOWN) }
+    /// An engine keeping runsc state under `root` and sandbox disks under `disks`.
+    pub fn new(runsc: PathBuf, root: PathBuf, disks: PathBuf) -> RunscEngine {
+        RunscEngine { runsc, root, mode: AtomicU8::new(MODE_UNKNOWN), disks: Disks::new(disks) }
     }
 
     pub fn launch_mode(&self) -> LaunchMode {
@@ -78,12 +83,14 @@ impl RunscEngine {
 
     /// One `runsc run` (or `runsc restore` when `image` is given) attempt.
     fn run_once(&self, spec: &BootSpec, mode: LaunchMode, image: Option<&Path>) -> Result<(), String> {
+        let filestore = self.disks.mount_dir(&spec.id);
         let log_path = spec.run_dir.join("sandbox.log");
         let log = File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
         let log_err = log.try_clone().map_err(|e| e.to_string())?;
         let status = self
             .base_command(mode)
-            .args(["--network=sandbox", "--net-disconnect-ok", "--overlay2=root:memory"])
+            .args(["--network=sandbox", "--net-disconnect-ok"])
+            .arg(format!("--overlay2=root:dir={}", filestore.display()))
             .args(match image {
                 None => vec!["run".to_owned(), "-detach".to_owned()],
                 Some(img) => vec![
@@ -120,6 +127,10 @@ impl RunscEngine {
             .map_err(|source| EngineError::Bundle { id: spec.id.clone(), source })?;
         write_json_atomic(&bundle.join("config.json"), &oci::runtime_spec(spec))
             .map_err(|e| EngineError::Bundle { id: spec.id.clone(), source: e.source })?;
+        // A fresh disk for a boot and for a restore alike: the image carries the overlay's
+        // contents, and the restore writes them into it. A failure later is cleaned up by
+        // `destroy`, which the runtime calls for any sandbox whose start began.
+        self.disks.create(&spec.id, spec.disk_mb)?;
 
         let mode = self.mode.load(Ordering::Relaxed);
         let launch =
@@ -134,7 +145,10 @@ impl RunscEngine {
             }
             Err(detail) if mode != MODE_NETNS_WORKAROUND && detail.contains(ROOT_NETNS_QUIRK) => {
                 tracing::warn!("runsc needs the /proc/sys/net workaround on this host; enabling it");
-                let _ = self.destroy(&spec.id);
+                // The failed attempt's runsc state goes; its disk is reused.
+                if let Err(e) = self.delete_runsc(&spec.id) {
+                    tracing::debug!(sandbox = %spec.id, error = %e, "removing the failed attempt");
+                }
                 self.mode.store(MODE_NETNS_WORKAROUND, Ordering::Relaxed);
                 self.run_once(spec, LaunchMode::NetnsWorkaround, image).map_err(|detail| EngineError::Runsc {
                     id: spec.id.clone(),
@@ -148,6 +162,21 @@ impl RunscEngine {
                 detail,
             }),
         }
+    }
+
+    /// `runsc delete -force`; a sandbox runsc does not know is fine.
+    fn delete_runsc(&self, id: &SandboxId) -> Result<(), EngineError> {
+        let out = self.runsc_status(&["delete", "-force", id.as_str()]).map_err(|source| {
+            EngineError::Spawn { id: id.clone(), program: "runsc delete".into(), source }
+        })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("does not exist") || stderr.contains("not found") {
+            return Ok(());
+        }
+        Err(EngineError::Runsc { id: id.clone(), op: "delete", detail: stderr.trim().to_owned() })
     }
 
     fn runsc_status(&self, args: &[&str]) -> Result<std::process::Output, std::io::Error> {
@@ -194,17 +223,12 @@ impl Engine for RunscEngine {
     }
 
     fn destroy(&self, id: &SandboxId) -> Result<(), EngineError> {
-        let out = self.runsc_status(&["delete", "-force", id.as_str()]).map_err(|source| {
-            EngineError::Spawn { id: id.clone(), program: "runsc delete".into(), source }
-        })?;
-        if out.status.success() {
-            return Ok(());
-        }
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if stderr.contains("does not exist") || stderr.contains("not found") {
-            return Ok(());
-        }
-        Err(EngineError::Runsc { id: id.clone(), op: "delete", detail: stderr.trim().to_owned() })
+        self.delete_runsc(id)?;
+        Ok(self.disks.remove(id)?)
+    }
+
+    fn disk_usage(&self, id: &SandboxId) -> Option<DiskUsage> {
+        self.disks.usage(id)
     }
 
     fn settle(&self, timeout: std::time::Duration) -> bool {
@@ -223,20 +247,21 @@ impl Engine for RunscEngine {
         }
     }
 
+    /// Every sandbox this engine holds something for: a runsc sandbox or a disk (a disk alone
+    /// is what a start interrupted by a crash leaves).
     fn list(&self) -> Result<Vec<String>, EngineError> {
-        if !self.root.exists() {
-            return Ok(Vec::new());
+        let mut ids = self.disks.list();
+        if self.root.exists() {
+            let out = self.runsc_status(&["list", "-quiet"]).map_err(|e| EngineError::List(e.to_string()))?;
+            if !out.status.success() {
+                return Err(EngineError::List(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+            }
+            let listed = String::from_utf8_lossy(&out.stdout);
+            ids.extend(listed.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned));
         }
-        let out = self.runsc_status(&["list", "-quiet"]).map_err(|e| EngineError::List(e.to_string()))?;
-        if !out.status.success() {
-            return Err(EngineError::List(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
-            .collect())
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
     }
 
     fn describe(&self) -> String {

@@ -22,12 +22,30 @@ use crate::samples::SampleName;
 /// How to start one sandbox's engine side (the claim says which sandbox, slot and operation).
 pub(super) struct BootPlan {
     pub rootfs: std::path::PathBuf,
-    pub cpu: u32,
-    pub mem: u32,
+    pub size: SandboxSize,
     /// Restore this checkpoint image instead of booting.
     pub image: Option<std::path::PathBuf>,
     /// The token the restored agent already holds.
     pub restored_token: Option<String>,
+}
+
+/// CPUs, memory and disk of one sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SandboxSize {
+    pub cpu_count: u32,
+    pub memory_mb: u32,
+    /// The disk's size: a limit (the ledger holds `disk_reserve_mb` of it).
+    pub disk_mb: u32,
+}
+
+impl SandboxSize {
+    pub fn of_record(rec: &crate::record::SandboxRecord) -> SandboxSize {
+        SandboxSize { cpu_count: rec.cpu_count, memory_mb: rec.memory_mb, disk_mb: rec.disk_size_mb }
+    }
+
+    pub fn of_artifact(m: &crate::snapshot::SnapshotManifest) -> SandboxSize {
+        SandboxSize { cpu_count: m.cpu_count, memory_mb: m.memory_mb, disk_mb: m.disk_size_mb }
+    }
 }
 
 /// A sandbox whose engine side runs and whose agent answers, not yet initialised.
@@ -42,7 +60,7 @@ impl Runtime {
     /// wait for it. From here on, dropping the claim tears the engine side down.
     async fn start_engine(&self, claim: &mut Claim, plan: BootPlan) -> Result<NetAttachment, RuntimeError> {
         claim.engine_starting();
-        let BootPlan { rootfs, cpu, mem, image, .. } = plan;
+        let BootPlan { rootfs, size, image, .. } = plan;
         let (id, op, slot) = (claim.id().clone(), claim.op(), claim.slot());
         let cfg = &self.inner.config;
         let network = Arc::clone(&self.inner.network);
@@ -62,8 +80,9 @@ impl Runtime {
                 netns_path: att.netns_path.clone(),
                 agent_path,
                 run_dir,
-                cpu_count: cpu,
-                memory_mb: mem,
+                cpu_count: size.cpu_count,
+                memory_mb: size.memory_mb,
+                disk_mb: size.disk_mb,
             };
             match &image {
                 None => engine.boot(&spec),

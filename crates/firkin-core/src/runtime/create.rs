@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
-use super::boot::BootPlan;
+use super::boot::{BootPlan, SandboxSize};
 use super::claim::{Claim, Held};
 use super::error::Operation;
 use super::warm::WarmEntry;
 use super::{Runtime, RuntimeError};
-use crate::admission::Resources;
 use crate::ids::{generate_secret, SandboxId};
 use crate::lifecycle::{LifecycleEvent, SandboxState};
 use crate::record::{OnTimeout, SandboxRecord, RECORD_FORMAT};
@@ -33,13 +32,6 @@ pub struct CreateSandbox {
     pub allow_internet_access: Option<bool>,
 }
 
-/// CPUs and memory of one sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct SandboxSize {
-    pub cpu_count: u32,
-    pub memory_mb: u32,
-}
-
 /// What a sandbox starts from: a rootfs (boot; template builds only) or a checkpoint image of a
 /// template or snapshot (restore, the create path).
 pub(super) struct Source {
@@ -54,6 +46,7 @@ pub(super) struct Source {
     pub workdir: Option<String>,
     pub cpu_count: Option<u32>,
     pub memory_mb: Option<u32>,
+    pub disk_mb: Option<u32>,
     /// A sandbox the server runs for itself (never listed).
     pub internal: bool,
 }
@@ -76,6 +69,7 @@ impl Source {
             workdir: m.workdir.clone(),
             cpu_count: Some(m.cpu_count),
             memory_mb: Some(m.memory_mb),
+            disk_mb: Some(m.disk_size_mb),
             internal: false,
         }
     }
@@ -124,15 +118,14 @@ impl Runtime {
         }
         let id = SandboxId::generate();
         let op = if source.internal { Operation::TemplateBuild } else { Operation::Create };
-        let want = Resources::new(size.cpu_count, size.memory_mb, cfg.disk_size_mb);
+        let want = self.footprint(size);
         let mut claim = Claim::active(self, &id, op, want).await?;
         let held = Held { slot: claim.slot(), reservation: claim.reservation() };
         self.table().insert(id.clone(), self.new_record(&id, &req, &source, size, held, timeout));
         claim.recorded();
         let plan = BootPlan {
             rootfs: cfg.layout.rootfs_dir(&source.rootfs_name),
-            cpu: size.cpu_count,
-            mem: size.memory_mb,
+            size,
             image: source.image,
             restored_token: source.restored_token,
         };
@@ -147,7 +140,7 @@ impl Runtime {
     }
 
     /// The validated size of a new sandbox: a restored image keeps the resources it was taken
-    /// with; otherwise the request's, or the server's defaults.
+    /// with; otherwise the request's (the template's), or the server's defaults.
     fn sandbox_size(&self, req: &CreateSandbox, source: &Source) -> Result<SandboxSize, RuntimeError> {
         let cfg = &self.inner.config;
         let cpu_count = source.cpu_count.or(req.cpu_count).unwrap_or(cfg.default_cpu_count);
@@ -164,7 +157,8 @@ impl Runtime {
                 cfg.max_memory_mb
             )));
         }
-        Ok(SandboxSize { cpu_count, memory_mb })
+        let disk_mb = source.disk_mb.unwrap_or(cfg.disk_size_mb);
+        Ok(SandboxSize { cpu_count, memory_mb, disk_mb })
     }
 
     /// Makes a started sandbox visible: `Running`, with its full timeout counted from now (a
@@ -210,7 +204,7 @@ impl Runtime {
             end_at: now + timeout,
             cpu_count: size.cpu_count,
             memory_mb: size.memory_mb,
-            disk_size_mb: self.inner.config.disk_size_mb,
+            disk_size_mb: size.disk_mb,
             access_token: generate_secret(),
             on_timeout: req.on_timeout.unwrap_or(OnTimeout::Kill),
             net_slot: Some(held.slot),
@@ -238,6 +232,7 @@ impl Runtime {
         let size = SandboxSize {
             cpu_count: source.cpu_count.unwrap_or(cfg.default_cpu_count),
             memory_mb: source.memory_mb.unwrap_or(cfg.default_memory_mb),
+            disk_mb: source.disk_mb.unwrap_or(cfg.disk_size_mb),
         };
         let WarmEntry { claim, ip, start_ended, .. } = entry;
         let mut claim = claim.now_for(Operation::Create);

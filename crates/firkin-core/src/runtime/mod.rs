@@ -205,6 +205,12 @@ impl Runtime {
         self.table().len()
     }
 
+    /// What a sandbox of `size` holds in the capacity ledger (its disk: the reserve, not the
+    /// limit).
+    fn footprint(&self, size: boot::SandboxSize) -> crate::admission::Resources {
+        crate::admission::Resources::new(size.cpu_count, size.memory_mb, self.inner.config.disk_reserve_mb)
+    }
+
     fn agent_ip(&self, id: &SandboxId) -> Option<Ipv4Addr> {
         self.table().get(id).map(|r| r.agent_ip)
     }

@@ -208,8 +208,14 @@ impl Runtime {
             .metrics(rec.agent_ip, &rec.access_token)
             .await
             .map_err(|source| RuntimeError::Agent { id: id.to_owned(), source })?;
+        // Disk as the host accounts it: the sandbox's own disk (inside, gVisor's overlay reports
+        // no real size).
+        if let Some(d) = self.inner.engine.disk_usage(&rec.id) {
+            m.disk_used = d.used;
+            m.disk_total = d.total;
+        }
         // CPU and memory as the host accounts them (the sandbox's cgroup): two readings 200 ms
-        // apart for the CPU share. Disk (the in-memory overlay) comes from inside the sandbox.
+        // apart for the CPU share.
         let cg_id = rec.id.to_string();
         let before = crate::engine::cgroup::usage(&cg_id);
         if let Some(before) = before {

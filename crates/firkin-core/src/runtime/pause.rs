@@ -10,11 +10,11 @@ use time::OffsetDateTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::boot::BootPlan;
+use super::boot::{BootPlan, SandboxSize};
 use super::claim::{Claim, Held};
 use super::error::Operation;
 use super::{Runtime, RuntimeError};
-use crate::admission::{Class, Resources};
+use crate::admission::Class;
 use crate::atomic::write_json_atomic;
 use crate::engine::AfterCheckpoint;
 use crate::ids::SandboxId;
@@ -105,7 +105,7 @@ impl Runtime {
             let _ = rt.teardown(&tid, slot).await;
             drop(guard);
         }));
-        let want = Resources::new(rec.cpu_count, rec.memory_mb, rec.disk_size_mb);
+        let want = self.footprint(SandboxSize::of_record(&rec));
         if let Some(r) = rec.reservation {
             if let Err(e) = self.inner.admission.reclassify(r, Class::Paused, want) {
                 tracing::error!(sandbox = %rec.id, error = %e, "capacity reclassify on pause failed");
@@ -229,8 +229,7 @@ impl Runtime {
         };
         let plan = BootPlan {
             rootfs: self.inner.config.layout.rootfs_dir(&rec.rootfs),
-            cpu: rec.cpu_count,
-            mem: rec.memory_mb,
+            size: SandboxSize::of_record(rec),
             image: Some(image.to_path_buf()),
             restored_token: None,
         };
@@ -315,14 +314,13 @@ impl Runtime {
         rec: &SandboxRecord,
         image: &std::path::Path,
     ) -> Result<Held, RuntimeError> {
-        let want = Resources::new(rec.cpu_count, rec.memory_mb, rec.disk_size_mb);
+        let want = self.footprint(SandboxSize::of_record(rec));
         let mut claim = Claim::active(self, &rec.id, Operation::Resume, want).await?.for_existing_sandbox();
         // The pause's engine teardown may still be running.
         drop(self.engine_lock(&rec.id).lock().await);
         let plan = BootPlan {
             rootfs: self.inner.config.layout.rootfs_dir(&rec.rootfs),
-            cpu: rec.cpu_count,
-            mem: rec.memory_mb,
+            size: SandboxSize::of_record(rec),
             image: Some(image.to_path_buf()),
             restored_token: Some(rec.access_token.clone()),
         };

@@ -9,9 +9,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::boot::SandboxSize;
 use super::claim::{Claim, ReadoptError};
 use super::Runtime;
-use crate::admission::{Class, Resources};
+use crate::admission::Class;
 use crate::config::Layout;
 use crate::engine::Engine;
 use crate::ids::SandboxId;
@@ -229,7 +230,7 @@ impl Runtime {
 
     /// Keeps a paused sandbox, with a disk-only `Paused` reservation.
     async fn readopt_paused(&self, mut rec: SandboxRecord) {
-        let want = Resources::new(rec.cpu_count, rec.memory_mb, rec.disk_size_mb);
+        let want = self.footprint(SandboxSize::of_record(&rec));
         match self.inner.admission.reserve(want, Class::Paused, Duration::ZERO).await {
             Ok(grant) => rec.reservation = Some(grant.id),
             Err(e) => {
@@ -245,7 +246,7 @@ impl Runtime {
     /// it was kept.
     async fn readopt_running(&self, mut rec: SandboxRecord) -> bool {
         let slot = rec.net_slot.unwrap_or(0);
-        let want = Resources::new(rec.cpu_count, rec.memory_mb, rec.disk_size_mb);
+        let want = self.footprint(SandboxSize::of_record(&rec));
         let claimed = match self.inner.agent.wait_ready(rec.agent_ip, Duration::from_secs(3)).await {
             Ok(_) => Claim::readopt(self, &rec.id, slot, want).await,
             Err(e) => Err(ReadoptError::Silent(e)),

@@ -240,6 +240,7 @@ impl Runtime {
             workdir: None,
             cpu_count: None,
             memory_mb: None,
+            disk_mb: spec.disk_size_mb,
             internal: true,
         };
         let rec = self.launch(req, source).await?;

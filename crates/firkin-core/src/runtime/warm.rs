@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use super::boot::BootPlan;
+use super::boot::{BootPlan, SandboxSize};
 use super::claim::Claim;
 use super::{Runtime, RuntimeError};
 use crate::admission::ledger::ReservationId;
-use crate::admission::{Class, Resources};
+use crate::admission::Class;
 use crate::ids::SandboxId;
 use crate::snapshot::SnapshotManifest;
 
@@ -155,14 +155,13 @@ impl Runtime {
             tracing::debug!(error = %e, "warm pool not refilled");
             return Ok(None);
         }
-        let want = Resources::new(m.cpu_count, m.memory_mb, m.disk_size_mb);
+        let want = self.footprint(SandboxSize::of_artifact(m));
         let Some(mut claim) = Claim::warm(self, &SandboxId::generate(), want) else {
             return Ok(None);
         };
         let plan = BootPlan {
             rootfs: self.inner.config.layout.rootfs_dir(&m.rootfs),
-            cpu: m.cpu_count,
-            mem: m.memory_mb,
+            size: SandboxSize::of_artifact(m),
             image: Some(image),
             restored_token: Some(m.access_token.clone()),
         };
@@ -186,7 +185,7 @@ impl Runtime {
             queue.remove(pos)?
         };
         self.inner.warm_wake.notify_one();
-        let want = Resources::new(m.cpu_count, m.memory_mb, m.disk_size_mb);
+        let want = self.footprint(SandboxSize::of_artifact(m));
         let promoted = match entry.claim.reservation() {
             Some(r) => self.inner.admission.reclassify(r, Class::Active, want),
             None => Ok(()),

@@ -58,6 +58,7 @@ fn interpreter_spec() -> TemplateSpec {
         cpu_count: None,
         // A warm kernel with numpy, pandas and matplotlib imported, plus room for user work.
         memory_mb: Some(1024),
+        disk_size_mb: None,
     }
 }
 

@@ -95,6 +95,9 @@ impl ReadyCheck {
     }
 }
 
+/// Disk sizes a template may ask for, in MiB (256 MiB to 1 TiB).
+pub const DISK_SIZE_MB: std::ops::RangeInclusive<u32> = 256..=1 << 20;
+
 /// A template build request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -116,6 +119,9 @@ pub struct TemplateSpec {
     pub cpu_count: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u32>,
+    /// Disk size of its sandboxes in MiB (the server's default, 10 GiB, when absent).
+    #[serde(default, rename = "diskSizeMB", alias = "diskSizeMb", skip_serializing_if = "Option::is_none")]
+    pub disk_size_mb: Option<u32>,
 }
 
 fn default_from() -> String {
@@ -147,6 +153,7 @@ impl TemplateSpec {
             ready_timeout_secs: None,
             cpu_count: None,
             memory_mb: None,
+            disk_size_mb: None,
         }
     }
 
@@ -178,8 +185,15 @@ impl TemplateSpec {
         self.validate_start_and_ready()
     }
 
-    /// Checks the start command and the ready check.
+    /// Checks the start command and the ready check (and the disk size).
     fn validate_start_and_ready(&self) -> Result<(), TemplateSpecError> {
+        if self.disk_size_mb.is_some_and(|d| !DISK_SIZE_MB.contains(&d)) {
+            return Err(TemplateSpecError::Invalid(format!(
+                "diskSizeMB must be {}..={}",
+                DISK_SIZE_MB.start(),
+                DISK_SIZE_MB.end()
+            )));
+        }
         if self.start.as_ref().is_some_and(|s| s.cmd.trim().is_empty()) {
             return Err(TemplateSpecError::Invalid("start: empty cmd".into()));
         }
