@@ -129,6 +129,8 @@ step "start server on 127.0.0.1:$PORT (state $FIRKIN_STATE_DIR, log $LOG)"
 start_server
 
 export E2B_API_URL="http://127.0.0.1:$PORT" E2B_SANDBOX_URL="http://127.0.0.1:$PORT" E2B_API_KEY="$API_KEY"
+# The SDK suite's sandbox factory prints this log's tail under a failed test.
+export FIRKIN_SERVER_LOG="$LOG"
 unset E2B_DEBUG E2B_DOMAIN || true
 
 step "SDK compatibility suite (e2b $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("e2b"))'))"

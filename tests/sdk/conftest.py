@@ -4,6 +4,7 @@ The server URL and key come from the environment (E2B_API_URL, E2B_SANDBOX_URL, 
 exactly as a user would configure the unmodified SDK; scripts/test.sh sets them.
 """
 
+import collections
 import contextlib
 import os
 import uuid
@@ -36,14 +37,68 @@ def _server_configured():
         pytest.exit(f"{API_URL}/v2/sandboxes answered {r.status_code} with this E2B_API_KEY: {r.text}", returncode=2)
 
 
+SERVER_LOG = os.environ.get("FIRKIN_SERVER_LOG")  # scripts/test.sh's server log
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keeps each phase's report on the test item (`rep_setup`, `rep_call`), so fixtures can
+    tell at teardown whether their test failed."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def _server_log_tail(lines=40):
+    if not SERVER_LOG or not os.path.exists(SERVER_LOG):
+        return None
+    with open(SERVER_LOG, errors="replace") as f:
+        return "".join(collections.deque(f, maxlen=lines))
+
+
+class Sandboxes:
+    """Creates sandboxes for one test and kills every one of them when the test ends."""
+
+    def __init__(self):
+        self.made = []
+
+    def __call__(self, *args, sandbox_class=Sandbox, **kwargs):
+        """`sandbox_class.create(*args, **kwargs)` (the e2b Sandbox unless told otherwise, e.g.
+        the code-interpreter one), remembered for teardown."""
+        return self.track(sandbox_class.create(*args, **kwargs))
+
+    def track(self, sbx):
+        """Remembers a sandbox made some other way (e.g. a fork child) for teardown."""
+        self.made.append(sbx)
+        return sbx
+
+    def kill_all(self):
+        for sbx in self.made:
+            try:
+                sbx.kill()  # False, or an error, when the test already killed it
+            except Exception:
+                pass
+        self.made.clear()
+
+
 @pytest.fixture
-def sandbox():
-    sbx = Sandbox.create(timeout=120)
-    yield sbx
-    try:
-        sbx.kill()
-    except Exception:
-        pass
+def sandboxes(request):
+    """The sandbox factory: `sandboxes(...)` takes `Sandbox.create`'s arguments (plus
+    `sandbox_class=`); every sandbox it made is killed at teardown, already-killed ones
+    included. When the test failed, prints the tail of the server log ($FIRKIN_SERVER_LOG;
+    pytest shows it under the failure as "Captured stdout teardown")."""
+    factory = Sandboxes()
+    yield factory
+    if any(getattr(getattr(request.node, f"rep_{when}", None), "failed", False) for when in ("setup", "call")):
+        tail = _server_log_tail()  # before the kills below add their own lines
+        if tail is not None:
+            print(f"== server log (last 40 lines of {SERVER_LOG})\n{tail}", end="")
+    factory.kill_all()
+
+
+@pytest.fixture
+def sandbox(sandboxes):
+    return sandboxes(timeout=120)
 
 
 @pytest.fixture

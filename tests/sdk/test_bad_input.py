@@ -140,10 +140,7 @@ def test_unsupported_features_say_so(api, sandbox):
     assert r.status_code == 400 and "autoResume" in r.json()["message"]
 
 
-def test_server_keeps_serving_after_bad_input(sandbox):
+def test_server_keeps_serving_after_bad_input(sandbox, sandboxes):
     assert sandbox.commands.run("echo still-alive").stdout == "still-alive\n"
-    fresh = Sandbox.create(timeout=30)
-    try:
-        assert fresh.commands.run("echo fresh").stdout == "fresh\n"
-    finally:
-        fresh.kill()
+    fresh = sandboxes(timeout=30)
+    assert fresh.commands.run("echo fresh").stdout == "fresh\n"

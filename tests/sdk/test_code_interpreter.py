@@ -14,13 +14,11 @@ def ci():
     sbx.kill()
 
 
-def test_state_persists_and_unpicklable_objects_survive(ci):
+def test_state_persists_and_unpicklable_objects_survive(ci, sandboxes):
     # /execute works as soon as create returns: the kernel was restored warm.
-    fresh = Sandbox.create(timeout=60)
-    try:
-        assert fresh.run_code("1 + 1").text == "2"
-    finally:
-        fresh.kill()
+    fresh = sandboxes(timeout=60, sandbox_class=Sandbox)
+    assert fresh.run_code("1 + 1").text == "2"
+    fresh.kill()
     ci.run_code("x = 41")
     assert ci.run_code("x + 1").text == "42"
     ci.run_code("gen = (i * i for i in range(10))\nf = open('/tmp/kept.txt', 'w+')\nf.write('kept')")
@@ -110,15 +108,12 @@ def test_unsupported_language_is_an_explicit_error(ci):
     assert "not supported" in str(e.value)
 
 
-def test_kernel_state_survives_pause_and_resume():
-    sbx = Sandbox.create(timeout=120)
-    try:
-        sbx.run_code("import threading, time\nticks = []\nt = threading.Thread(target=lambda: [ticks.append(1) or time.sleep(0.1) for _ in range(10**6)], daemon=True)\nt.start()\nmark = 'before pause'")
-        sbx.beta_pause() if hasattr(sbx, "beta_pause") else sbx.pause()
-        again = Sandbox.connect(sbx.sandbox_id)
-        assert again.run_code("mark").text == "before pause"
-        n1 = int(again.run_code("len(ticks)").text)
-        time.sleep(0.5)
-        assert int(again.run_code("len(ticks)").text) > n1, "the thread kept running after resume"
-    finally:
-        sbx.kill()
+def test_kernel_state_survives_pause_and_resume(sandboxes):
+    sbx = sandboxes(timeout=120, sandbox_class=Sandbox)
+    sbx.run_code("import threading, time\nticks = []\nt = threading.Thread(target=lambda: [ticks.append(1) or time.sleep(0.1) for _ in range(10**6)], daemon=True)\nt.start()\nmark = 'before pause'")
+    sbx.beta_pause() if hasattr(sbx, "beta_pause") else sbx.pause()
+    again = Sandbox.connect(sbx.sandbox_id)
+    assert again.run_code("mark").text == "before pause"
+    n1 = int(again.run_code("len(ticks)").text)
+    time.sleep(0.5)
+    assert int(again.run_code("len(ticks)").text) > n1, "the thread kept running after resume"

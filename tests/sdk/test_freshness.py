@@ -5,7 +5,6 @@ import time
 import uuid
 
 import pytest
-from e2b import Sandbox
 from e2b.exceptions import SandboxException
 
 from conftest import auth_headers
@@ -54,45 +53,36 @@ def wait_status(sbx, want, timeout=60):
         time.sleep(0.2)
 
 
-def test_sync_brings_the_checkout_up_to_date_and_gates_writes(template):
-    sbx = Sandbox.create(template, timeout=60, metadata={
+def test_sync_brings_the_checkout_up_to_date_and_gates_writes(template, sandboxes):
+    sbx = sandboxes(template, timeout=60, metadata={
         "firkin.sync.checkout": "/home/user/repo", "firkin.sync.branch": "main"})
-    try:
-        assert sbx.get_info().metadata["firkin.sync.status"] == "running"
-        # Reads are served at once ...
-        assert sbx.files.read("/home/user/repo/.git/HEAD").startswith("ref: refs/heads/main")
-        # ... writes are refused, clearly, until the sync is done.
-        with pytest.raises(SandboxException) as e:
-            sbx.files.write("/home/user/repo/new.txt", "too early")
-        assert "freshness sync" in str(e.value) and "still running" in str(e.value)
-        wait_status(sbx, "done")
-        assert head(sbx) == "two", "reset to origin/main"
-        sbx.files.write("/home/user/repo/new.txt", "after the sync")
-        assert sbx.files.read("/home/user/repo/new.txt") == "after the sync"
-    finally:
-        sbx.kill()
+    assert sbx.get_info().metadata["firkin.sync.status"] == "running"
+    # Reads are served at once ...
+    assert sbx.files.read("/home/user/repo/.git/HEAD").startswith("ref: refs/heads/main")
+    # ... writes are refused, clearly, until the sync is done.
+    with pytest.raises(SandboxException) as e:
+        sbx.files.write("/home/user/repo/new.txt", "too early")
+    assert "freshness sync" in str(e.value) and "still running" in str(e.value)
+    wait_status(sbx, "done")
+    assert head(sbx) == "two", "reset to origin/main"
+    sbx.files.write("/home/user/repo/new.txt", "after the sync")
+    assert sbx.files.read("/home/user/repo/new.txt") == "after the sync"
 
 
-def test_without_sync_metadata_the_checkout_stays_as_built(template):
-    sbx = Sandbox.create(template, timeout=60)
-    try:
-        assert head(sbx) == "one"
-        assert "firkin.sync.status" not in sbx.get_info().metadata
-        sbx.files.write("/home/user/x.txt", "writes are fine")
-    finally:
-        sbx.kill()
+def test_without_sync_metadata_the_checkout_stays_as_built(template, sandboxes):
+    sbx = sandboxes(template, timeout=60)
+    assert head(sbx) == "one"
+    assert "firkin.sync.status" not in sbx.get_info().metadata
+    sbx.files.write("/home/user/x.txt", "writes are fine")
 
 
-def test_a_failed_sync_is_reported_and_writes_fail_with_its_error(template):
-    sbx = Sandbox.create(template, timeout=60, metadata={
+def test_a_failed_sync_is_reported_and_writes_fail_with_its_error(template, sandboxes):
+    sbx = sandboxes(template, timeout=60, metadata={
         "firkin.sync.checkout": "/home/user/repo", "firkin.sync.target": "origin/no-such-branch"})
-    try:
-        wait_status(sbx, "failed")
-        meta = sbx.get_info().metadata
-        assert "no-such-branch" in meta["firkin.sync.error"], meta
-        with pytest.raises(SandboxException) as e:
-            sbx.files.write("/home/user/repo/new.txt", "x")
-        assert "freshness sync" in str(e.value) and "failed" in str(e.value), str(e.value)
-        assert head(sbx) == "one", "a failed sync leaves the checkout as it was"
-    finally:
-        sbx.kill()
+    wait_status(sbx, "failed")
+    meta = sbx.get_info().metadata
+    assert "no-such-branch" in meta["firkin.sync.error"], meta
+    with pytest.raises(SandboxException) as e:
+        sbx.files.write("/home/user/repo/new.txt", "x")
+    assert "freshness sync" in str(e.value) and "failed" in str(e.value), str(e.value)
+    assert head(sbx) == "one", "a failed sync leaves the checkout as it was"

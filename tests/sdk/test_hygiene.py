@@ -121,7 +121,7 @@ def test_failed_restore_releases_capacity_and_host_resources(server):
     assert active_reservations(url) == 0
 
 
-def test_exited_start_command_is_captured_as_an_exited_continuation(server):
+def test_exited_start_command_is_captured_as_an_exited_continuation(server, sandboxes):
     url, conn = server["url"], server["conn"]
     name = f"exits-{uuid.uuid4().hex[:6]}"
     body = {"name": name, "start": {"cmd": "while [ ! -e /tmp/finish ]; do sleep 0.2; done; exit 7"}}
@@ -129,7 +129,7 @@ def test_exited_start_command_is_captured_as_an_exited_continuation(server):
     assert r.status_code == 201, r.text
 
     # Without the opt-in an exited start command leaves the sandbox running (as in E2B).
-    plain = Sandbox.create(name, timeout=120, **conn)
+    plain = sandboxes(name, timeout=120, **conn)
     plain.files.write("/tmp/finish", "")
     # Opted in: the exit captures the sandbox and ends it.
     sbx = Sandbox.create(name, timeout=120, metadata={"firkin.continuation": "on"}, **conn)
@@ -141,25 +141,23 @@ def test_exited_start_command_is_captured_as_an_exited_continuation(server):
         time.sleep(0.5)
     while True:  # the capture completes a moment after the sandbox stops answering
         try:
-            follow = Sandbox.create(f"continuation-{sbx.sandbox_id}", timeout=60, **conn)
+            follow = sandboxes(f"continuation-{sbx.sandbox_id}", timeout=60, **conn)
             break
         except SandboxException:
             assert time.time() < deadline, "no continuation snapshot appeared"
             time.sleep(0.25)
-    try:
-        meta = follow.get_info().metadata
-        assert meta["firkin.continuation.reason"] == "exited"
-        assert meta["firkin.continuation.exitCode"] == "7"
-        assert meta["firkin.continuation.from"] == sbx.sandbox_id
-        assert follow.files.read("/home/user/result.txt") == "42"
-        # The follow-up has no main workload left; it is not ended again.
-        time.sleep(3)
-        assert follow.is_running()
-        assert plain.is_running()
-        assert plain.commands.run("echo still here").stdout == "still here\n"
-    finally:
-        follow.kill()
-        plain.kill()
+    meta = follow.get_info().metadata
+    assert meta["firkin.continuation.reason"] == "exited"
+    assert meta["firkin.continuation.exitCode"] == "7"
+    assert meta["firkin.continuation.from"] == sbx.sandbox_id
+    assert follow.files.read("/home/user/result.txt") == "42"
+    # The follow-up has no main workload left; it is not ended again.
+    time.sleep(3)
+    assert follow.is_running()
+    assert plain.is_running()
+    assert plain.commands.run("echo still here").stdout == "still here\n"
+    follow.kill()
+    plain.kill()
     assert Sandbox.delete_snapshot(f"continuation-{sbx.sandbox_id}", **conn) is True
     assert httpx.delete(f"{url}/templates/{name}", headers=auth_headers(KEY)).status_code == 204
 

@@ -8,80 +8,64 @@ from e2b import Sandbox, SandboxQuery, SandboxState
 from e2b.exceptions import NotFoundException, SandboxException
 
 
-def test_create_with_metadata_envs_and_timeout(tag):
-    sbx = Sandbox.create(timeout=90, metadata={"suite": tag, "kind": "create"}, envs={"A": "1", "B": "two words"})
-    try:
-        info = sbx.get_info()
-        assert info.sandbox_id == sbx.sandbox_id
-        assert info.template_id == "base"
-        assert info.metadata == {"suite": tag, "kind": "create"}
-        assert info.state == SandboxState.RUNNING
-        now = datetime.now(timezone.utc)
-        assert abs((info.started_at - now).total_seconds()) < 30
-        assert timedelta(seconds=60) < info.end_at - now <= timedelta(seconds=95)
-        out = sbx.commands.run('echo "$A|$B"')
-        assert out.stdout == "1|two words\n"
-        # sandbox-wide env vars reach background processes and other users too
-        out = sbx.commands.run("echo $A", user="root")
-        assert out.stdout == "1\n"
-    finally:
-        assert sbx.kill() is True
+def test_create_with_metadata_envs_and_timeout(tag, sandboxes):
+    sbx = sandboxes(timeout=90, metadata={"suite": tag, "kind": "create"}, envs={"A": "1", "B": "two words"})
+    info = sbx.get_info()
+    assert info.sandbox_id == sbx.sandbox_id
+    assert info.template_id == "base"
+    assert info.metadata == {"suite": tag, "kind": "create"}
+    assert info.state == SandboxState.RUNNING
+    now = datetime.now(timezone.utc)
+    assert abs((info.started_at - now).total_seconds()) < 30
+    assert timedelta(seconds=60) < info.end_at - now <= timedelta(seconds=95)
+    out = sbx.commands.run('echo "$A|$B"')
+    assert out.stdout == "1|two words\n"
+    # sandbox-wide env vars reach background processes and other users too
+    out = sbx.commands.run("echo $A", user="root")
+    assert out.stdout == "1\n"
+    assert sbx.kill() is True
 
 
-def test_default_timeout_is_300_seconds():
-    sbx = Sandbox.create()
-    try:
-        info = sbx.get_info()
-        left = (info.end_at - datetime.now(timezone.utc)).total_seconds()
-        assert 270 < left <= 301
-    finally:
-        sbx.kill()
+def test_default_timeout_is_300_seconds(sandboxes):
+    sbx = sandboxes()
+    info = sbx.get_info()
+    left = (info.end_at - datetime.now(timezone.utc)).total_seconds()
+    assert 270 < left <= 301
 
 
-def test_list_filters_by_metadata_and_state(tag):
-    a = Sandbox.create(timeout=60, metadata={"suite": tag, "n": "a"})
-    b = Sandbox.create(timeout=60, metadata={"suite": tag, "n": "b"})
-    try:
-        found = Sandbox.list(query=SandboxQuery(metadata={"suite": tag})).next_items()
-        assert {s.sandbox_id for s in found} == {a.sandbox_id, b.sandbox_id}
-        only_a = Sandbox.list(query=SandboxQuery(metadata={"suite": tag, "n": "a"})).next_items()
-        assert [s.sandbox_id for s in only_a] == [a.sandbox_id]
-        running = Sandbox.list(query=SandboxQuery(metadata={"suite": tag}, state=[SandboxState.RUNNING])).next_items()
-        assert len(running) == 2
-        assert all(s.state == SandboxState.RUNNING for s in running)
-        paused = Sandbox.list(query=SandboxQuery(metadata={"suite": tag}, state=[SandboxState.PAUSED])).next_items()
-        assert paused == []
-        weird = Sandbox.list(query=SandboxQuery(metadata={"a b/c": "d&e=f"})).next_items()
-        assert weird == []
-    finally:
-        a.kill()
-        b.kill()
+def test_list_filters_by_metadata_and_state(tag, sandboxes):
+    a = sandboxes(timeout=60, metadata={"suite": tag, "n": "a"})
+    b = sandboxes(timeout=60, metadata={"suite": tag, "n": "b"})
+    found = Sandbox.list(query=SandboxQuery(metadata={"suite": tag})).next_items()
+    assert {s.sandbox_id for s in found} == {a.sandbox_id, b.sandbox_id}
+    only_a = Sandbox.list(query=SandboxQuery(metadata={"suite": tag, "n": "a"})).next_items()
+    assert [s.sandbox_id for s in only_a] == [a.sandbox_id]
+    running = Sandbox.list(query=SandboxQuery(metadata={"suite": tag}, state=[SandboxState.RUNNING])).next_items()
+    assert len(running) == 2
+    assert all(s.state == SandboxState.RUNNING for s in running)
+    paused = Sandbox.list(query=SandboxQuery(metadata={"suite": tag}, state=[SandboxState.PAUSED])).next_items()
+    assert paused == []
+    weird = Sandbox.list(query=SandboxQuery(metadata={"a b/c": "d&e=f"})).next_items()
+    assert weird == []
 
 
-def test_list_metadata_with_special_characters(tag):
+def test_list_metadata_with_special_characters(tag, sandboxes):
     meta = {"suite": tag, "path key": "a/b c&d=e"}
-    sbx = Sandbox.create(timeout=60, metadata=meta)
-    try:
-        found = Sandbox.list(query=SandboxQuery(metadata=meta)).next_items()
-        assert [s.sandbox_id for s in found] == [sbx.sandbox_id]
-        assert found[0].metadata == meta
-    finally:
-        sbx.kill()
+    sbx = sandboxes(timeout=60, metadata=meta)
+    found = Sandbox.list(query=SandboxQuery(metadata=meta)).next_items()
+    assert [s.sandbox_id for s in found] == [sbx.sandbox_id]
+    assert found[0].metadata == meta
 
 
-def test_list_paginates_with_next_token(tag):
-    sbxs = [Sandbox.create(timeout=60, metadata={"suite": tag, "i": str(i)}) for i in range(3)]
-    try:
-        pager = Sandbox.list(query=SandboxQuery(metadata={"suite": tag}), limit=2)
-        pages = []
-        while pager.has_next:
-            pages.append([s.sandbox_id for s in pager.next_items()])
-        assert len(pages) >= 2
-        assert sorted(sum(pages, [])) == sorted(s.sandbox_id for s in sbxs)
-        assert all(len(p) <= 2 for p in pages)
-    finally:
-        for s in sbxs:
-            s.kill()
+def test_list_paginates_with_next_token(tag, sandboxes):
+    sbxs = [sandboxes(timeout=60, metadata={"suite": tag, "i": str(i)}) for i in range(3)]
+    pager = Sandbox.list(query=SandboxQuery(metadata={"suite": tag}), limit=2)
+    pages = []
+    while pager.has_next:
+        pages.append([s.sandbox_id for s in pager.next_items()])
+    assert len(pages) >= 2
+    assert sorted(sum(pages, [])) == sorted(s.sandbox_id for s in sbxs)
+    assert all(len(p) <= 2 for p in pages)
 
 
 def test_set_timeout_moves_end_at(sandbox):
@@ -157,17 +141,15 @@ def test_metrics_report_real_usage(sandbox):
     assert busy.cpu_used_pct > 10, f"a busy loop shows as CPU use: {busy.cpu_used_pct}%"
 
 
-def test_concurrent_creates_are_independent(tag):
+def test_concurrent_creates_are_independent(tag, sandboxes):
     from concurrent.futures import ThreadPoolExecutor
 
     def one(i):
-        sbx = Sandbox.create(timeout=60, metadata={"suite": tag}, envs={"N": str(i)})
-        try:
-            sbx.files.write("/home/user/who.txt", f"sandbox {i}")
-            out = sbx.commands.run("echo $N; cat /home/user/who.txt; ls /home/user").stdout
-            return sbx.sandbox_id, out
-        finally:
-            sbx.kill()
+        sbx = sandboxes(timeout=60, metadata={"suite": tag}, envs={"N": str(i)})
+        sbx.files.write("/home/user/who.txt", f"sandbox {i}")
+        out = sbx.commands.run("echo $N; cat /home/user/who.txt; ls /home/user").stdout
+        sbx.kill()
+        return sbx.sandbox_id, out
 
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(one, range(4)))

@@ -10,20 +10,19 @@ from e2b.exceptions import RateLimitException, SandboxException
 from conftest import reservations
 
 
-def test_fifty_concurrent_creates_succeed_or_are_refused_cleanly(tag):
+def test_fifty_concurrent_creates_succeed_or_are_refused_cleanly(tag, sandboxes):
     def one(i):
         t0 = time.time()
         try:
-            sbx = Sandbox.create(timeout=60, metadata={"suite": tag, "i": str(i)}, request_timeout=90)
+            sbx = sandboxes(timeout=60, metadata={"suite": tag, "i": str(i)}, request_timeout=90)
         except RateLimitException as e:
             return ("429", str(e), time.time() - t0)
         except SandboxException as e:
             return ("refused", str(e), time.time() - t0)
-        try:
-            out = sbx.commands.run("echo $((6 * 7))").stdout
-            return ("ok", out, time.time() - t0)
-        finally:
-            sbx.kill()
+        out = sbx.commands.run("echo $((6 * 7))").stdout
+        took = time.time() - t0
+        sbx.kill()
+        return ("ok", out, took)
 
     with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(one, range(50)))

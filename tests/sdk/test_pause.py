@@ -13,76 +13,67 @@ def _state(sbx_id):
     return Sandbox.get_info(sbx_id).state
 
 
-def test_pause_resume_cycles_keep_processes_files_env_and_cwd(tag):
-    sbx = Sandbox.create(timeout=300, envs={"KEEP": "env-kept"}, metadata={"suite": tag})
-    try:
-        h = sbx.commands.run(LOOP, background=True)
-        pid = h.pid
-        sbx.files.write("/home/user/state.txt", "before pause")
-        last_tick = 0
-        for cycle in range(10):
-            assert sbx.pause() is True
-            assert sbx.pause() is False, "pausing a paused sandbox reports False"
-            assert _state(sbx.sandbox_id) == SandboxState.PAUSED
-            paused = Sandbox.list(query=SandboxQuery(metadata={"suite": tag}, state=[SandboxState.PAUSED])).next_items()
-            assert [s.sandbox_id for s in paused] == [sbx.sandbox_id]
-            assert sbx.is_running() is False
-            resumed = Sandbox.connect(sbx.sandbox_id)
-            assert _state(sbx.sandbox_id) == SandboxState.RUNNING
-            out = resumed.commands.run(
-                f"ps -o pid= -p {pid} | tr -d ' '; ls -l /proc/{pid}/fd/3 | sed 's/.*-> //'; "
-                "sleep 0.5; tail -1 /tmp/held.txt; echo $KEEP; cat /home/user/state.txt"
-            ).stdout.splitlines()
-            assert out[0] == str(pid), "the same process, same pid"
-            assert out[1] == "/tmp/held.txt", "its open file"
-            _, tick, cwd = out[2].split()
-            assert int(tick) > last_tick, "it kept running (and writing through its open fd) after resume"
-            assert cwd == "/tmp", "its cwd"
-            last_tick = int(tick)
-            assert out[3] == "env-kept"
-            assert out[4] == "before pause"
-        # the process' output can be re-attached after resume
-        got = []
-        for stdout, _, _ in resumed.commands.connect(pid):
-            if stdout:
-                got.append(stdout)
-            if "tick" in "".join(got):
-                break
-        assert "tick" in "".join(got)
-    finally:
-        Sandbox.kill(sbx.sandbox_id)
-
-
-def test_auto_pause_at_timeout_then_connect_resumes():
-    sbx = Sandbox.create(timeout=4, lifecycle={"on_timeout": "pause"})
-    try:
-        sbx.files.write("/home/user/kept.txt", "survives auto-pause")
-        deadline = time.time() + 30
-        while time.time() < deadline and _state(sbx.sandbox_id) != SandboxState.PAUSED:
-            time.sleep(0.5)
+def test_pause_resume_cycles_keep_processes_files_env_and_cwd(tag, sandboxes):
+    sbx = sandboxes(timeout=300, envs={"KEEP": "env-kept"}, metadata={"suite": tag})
+    h = sbx.commands.run(LOOP, background=True)
+    pid = h.pid
+    sbx.files.write("/home/user/state.txt", "before pause")
+    last_tick = 0
+    for cycle in range(10):
+        assert sbx.pause() is True
+        assert sbx.pause() is False, "pausing a paused sandbox reports False"
         assert _state(sbx.sandbox_id) == SandboxState.PAUSED
-        resumed = Sandbox.connect(sbx.sandbox_id, timeout=60)
-        assert resumed.files.read("/home/user/kept.txt") == "survives auto-pause"
-        assert resumed.commands.run("echo back").stdout == "back\n"
-    finally:
-        Sandbox.kill(sbx.sandbox_id)
-
-
-def test_auto_resume_on_the_next_request():
-    sbx = Sandbox.create(timeout=4, lifecycle={"on_timeout": "pause", "auto_resume": True})
-    try:
-        h = sbx.commands.run("sleep 100000", background=True)
-        sbx.files.write("/home/user/kept.txt", "auto")
-        deadline = time.time() + 30
-        while time.time() < deadline and _state(sbx.sandbox_id) != SandboxState.PAUSED:
-            time.sleep(0.5)
-        assert _state(sbx.sandbox_id) == SandboxState.PAUSED
-        # No connect: the next sandbox request resumes it.
-        assert sbx.files.read("/home/user/kept.txt") == "auto"
+        paused = Sandbox.list(query=SandboxQuery(metadata={"suite": tag}, state=[SandboxState.PAUSED])).next_items()
+        assert [s.sandbox_id for s in paused] == [sbx.sandbox_id]
+        assert sbx.is_running() is False
+        resumed = Sandbox.connect(sbx.sandbox_id)
         assert _state(sbx.sandbox_id) == SandboxState.RUNNING
-        assert sbx.commands.run(f"ps -o pid= -p {h.pid} | tr -d ' '").stdout.strip() == str(h.pid)
-    finally:
-        Sandbox.kill(sbx.sandbox_id)
+        out = resumed.commands.run(
+            f"ps -o pid= -p {pid} | tr -d ' '; ls -l /proc/{pid}/fd/3 | sed 's/.*-> //'; "
+            "sleep 0.5; tail -1 /tmp/held.txt; echo $KEEP; cat /home/user/state.txt"
+        ).stdout.splitlines()
+        assert out[0] == str(pid), "the same process, same pid"
+        assert out[1] == "/tmp/held.txt", "its open file"
+        _, tick, cwd = out[2].split()
+        assert int(tick) > last_tick, "it kept running (and writing through its open fd) after resume"
+        assert cwd == "/tmp", "its cwd"
+        last_tick = int(tick)
+        assert out[3] == "env-kept"
+        assert out[4] == "before pause"
+    # the process' output can be re-attached after resume
+    got = []
+    for stdout, _, _ in resumed.commands.connect(pid):
+        if stdout:
+            got.append(stdout)
+        if "tick" in "".join(got):
+            break
+    assert "tick" in "".join(got)
+
+
+def test_auto_pause_at_timeout_then_connect_resumes(sandboxes):
+    sbx = sandboxes(timeout=4, lifecycle={"on_timeout": "pause"})
+    sbx.files.write("/home/user/kept.txt", "survives auto-pause")
+    deadline = time.time() + 30
+    while time.time() < deadline and _state(sbx.sandbox_id) != SandboxState.PAUSED:
+        time.sleep(0.5)
+    assert _state(sbx.sandbox_id) == SandboxState.PAUSED
+    resumed = Sandbox.connect(sbx.sandbox_id, timeout=60)
+    assert resumed.files.read("/home/user/kept.txt") == "survives auto-pause"
+    assert resumed.commands.run("echo back").stdout == "back\n"
+
+
+def test_auto_resume_on_the_next_request(sandboxes):
+    sbx = sandboxes(timeout=4, lifecycle={"on_timeout": "pause", "auto_resume": True})
+    h = sbx.commands.run("sleep 100000", background=True)
+    sbx.files.write("/home/user/kept.txt", "auto")
+    deadline = time.time() + 30
+    while time.time() < deadline and _state(sbx.sandbox_id) != SandboxState.PAUSED:
+        time.sleep(0.5)
+    assert _state(sbx.sandbox_id) == SandboxState.PAUSED
+    # No connect: the next sandbox request resumes it.
+    assert sbx.files.read("/home/user/kept.txt") == "auto"
+    assert _state(sbx.sandbox_id) == SandboxState.RUNNING
+    assert sbx.commands.run(f"ps -o pid= -p {h.pid} | tr -d ' '").stdout.strip() == str(h.pid)
 
 
 def test_kill_a_paused_sandbox():

@@ -39,21 +39,18 @@ def test_server_is_reachable_through_the_proxy(sandbox, bind):
     assert wait_for(sandbox, 8300, "/hello.txt").text == f"hello from {bind}:8300"
 
 
-def test_loopback_server_is_forwarded_again_after_resume_and_stops_with_it():
-    sbx = Sandbox.create(timeout=120)
-    try:
-        h = serve(sbx, 8301, "127.0.0.1")
-        assert wait_for(sbx, 8301, "/hello.txt").text == "hello from 127.0.0.1:8301"
-        assert sbx.pause()
-        sbx = Sandbox.connect(sbx.sandbox_id)
-        assert wait_for(sbx, 8301, "/hello.txt").text == "hello from 127.0.0.1:8301"
-        h.kill()
-        deadline = time.time() + 10
-        while get(sbx, 8301, "/hello.txt").status_code == 200:
-            assert time.time() < deadline, "the forwarder outlived its server"
-            time.sleep(0.25)
-        # Another server on the same port is picked up.
-        serve(sbx, 8301, "127.0.0.1")
-        assert wait_for(sbx, 8301, "/hello.txt").status_code == 200
-    finally:
-        sbx.kill()
+def test_loopback_server_is_forwarded_again_after_resume_and_stops_with_it(sandboxes):
+    sbx = sandboxes(timeout=120)
+    h = serve(sbx, 8301, "127.0.0.1")
+    assert wait_for(sbx, 8301, "/hello.txt").text == "hello from 127.0.0.1:8301"
+    assert sbx.pause()
+    sbx = Sandbox.connect(sbx.sandbox_id)
+    assert wait_for(sbx, 8301, "/hello.txt").text == "hello from 127.0.0.1:8301"
+    h.kill()
+    deadline = time.time() + 10
+    while get(sbx, 8301, "/hello.txt").status_code == 200:
+        assert time.time() < deadline, "the forwarder outlived its server"
+        time.sleep(0.25)
+    # Another server on the same port is picked up.
+    serve(sbx, 8301, "127.0.0.1")
+    assert wait_for(sbx, 8301, "/hello.txt").status_code == 200

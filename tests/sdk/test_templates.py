@@ -38,7 +38,7 @@ def build(api, body, timeout=180):
     return api.post(BUILD, json=body, headers=auth_headers(), timeout=timeout)
 
 
-def test_build_and_create_restores_the_prepared_sandbox(api):
+def test_build_and_create_restores_the_prepared_sandbox(api, sandboxes):
     name = f"tpl-{uuid.uuid4().hex[:8]}"
     r = build(api, spec(name))
     assert r.status_code == 201, r.text
@@ -48,28 +48,24 @@ def test_build_and_create_restores_the_prepared_sandbox(api):
     listed = api.get("/templates", headers=auth_headers()).json()
     assert name in [x["templateID"] for x in listed]
     assert {"base"} <= {x["templateID"] for x in listed}
-    sbx = Sandbox.create(name, timeout=60, envs={"EXTRA": "x"})
-    try:
-        assert sbx.get_info().template_id == name
-        out = sbx.commands.run("pwd; cat built.txt; cat /opt/tool/mark; echo $GREETING-$MODE-$EXTRA")
-        assert out.stdout.split("\n")[:4] == ["/srv/app", "user:hello", "root-step", "hello-built-x"]
-        assert sbx.files.read("/srv/app/index.html") == "<h1>from the template</h1>\n"
-        # The start command's server was checkpointed listening: it answers at once.
-        page = sbx.commands.run("curl -fsS http://127.0.0.1:8000/index.html").stdout
-        assert "from the template" in page
-        # ... also from outside, through the proxy.
-        via_proxy = httpx.get(f"{API_URL}/index.html",
-                              headers={"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "8000"})
-        assert via_proxy.status_code == 200 and "from the template" in via_proxy.text
-        # Two sandboxes of one template are independent copies.
-        other = Sandbox.create(name, timeout=60)
-        try:
-            sbx.files.write("/srv/app/built.txt", "changed")
-            assert other.files.read("/srv/app/built.txt") == "user:hello\n"
-        finally:
-            other.kill()
-    finally:
-        sbx.kill()
+    sbx = sandboxes(name, timeout=60, envs={"EXTRA": "x"})
+    assert sbx.get_info().template_id == name
+    out = sbx.commands.run("pwd; cat built.txt; cat /opt/tool/mark; echo $GREETING-$MODE-$EXTRA")
+    assert out.stdout.split("\n")[:4] == ["/srv/app", "user:hello", "root-step", "hello-built-x"]
+    assert sbx.files.read("/srv/app/index.html") == "<h1>from the template</h1>\n"
+    # The start command's server was checkpointed listening: it answers at once.
+    page = sbx.commands.run("curl -fsS http://127.0.0.1:8000/index.html").stdout
+    assert "from the template" in page
+    # ... also from outside, through the proxy.
+    via_proxy = httpx.get(f"{API_URL}/index.html",
+                          headers={"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "8000"})
+    assert via_proxy.status_code == 200 and "from the template" in via_proxy.text
+    # Two sandboxes of one template are independent copies.
+    other = sandboxes(name, timeout=60)
+    sbx.files.write("/srv/app/built.txt", "changed")
+    assert other.files.read("/srv/app/built.txt") == "user:hello\n"
+    other.kill()
+    sbx.kill()
     assert api.delete(f"/templates/{name}", headers=auth_headers()).status_code == 204
     assert api.get(f"/templates/{name}", headers=auth_headers()).status_code == 404
     with pytest.raises(SandboxException):

@@ -5,7 +5,6 @@ import re
 import time
 
 import httpx
-from e2b import Sandbox
 
 from conftest import API_URL
 
@@ -24,25 +23,21 @@ def wait_for_pool(template, timeout=60):
         time.sleep(0.25)
 
 
-def test_create_checks_out_a_warm_sandbox_and_the_pool_refills():
+def test_create_checks_out_a_warm_sandbox_and_the_pool_refills(sandboxes):
     wait_for_pool("base")
     before = metric("firkin_lifecycle_seconds_count", sample="warm_pool_checkout")
-    sbx = Sandbox.create(timeout=60, envs={"WHO": "warm"}, metadata={"pool": "yes"})
-    try:
-        assert metric("firkin_lifecycle_seconds_count", sample="warm_pool_checkout") == before + 1
-        # A checked-out sandbox is initialised for this create: its env, metadata, token.
-        assert sbx.commands.run("echo $WHO").stdout == "warm\n"
-        assert sbx.get_info().metadata == {"pool": "yes"}
-        sbx.files.write("/home/user/mine.txt", "only here")
-        wait_for_pool("base")
-        other = Sandbox.create(timeout=60)
-        try:
-            assert other.sandbox_id != sbx.sandbox_id
-            assert other._envd_access_token != sbx._envd_access_token
-            assert not other.files.exists("/home/user/mine.txt")
-            assert other.commands.run("echo ${WHO:-unset}").stdout == "unset\n"
-        finally:
-            other.kill()
-    finally:
-        sbx.kill()
+    sbx = sandboxes(timeout=60, envs={"WHO": "warm"}, metadata={"pool": "yes"})
+    assert metric("firkin_lifecycle_seconds_count", sample="warm_pool_checkout") == before + 1
+    # A checked-out sandbox is initialised for this create: its env, metadata, token.
+    assert sbx.commands.run("echo $WHO").stdout == "warm\n"
+    assert sbx.get_info().metadata == {"pool": "yes"}
+    sbx.files.write("/home/user/mine.txt", "only here")
+    wait_for_pool("base")
+    other = sandboxes(timeout=60)
+    assert other.sandbox_id != sbx.sandbox_id
+    assert other._envd_access_token != sbx._envd_access_token
+    assert not other.files.exists("/home/user/mine.txt")
+    assert other.commands.run("echo ${WHO:-unset}").stdout == "unset\n"
+    other.kill()
+    sbx.kill()
     wait_for_pool("base")  # refilled in the background
