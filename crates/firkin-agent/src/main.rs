@@ -9,7 +9,9 @@
 //! (Connect framing and error codes), `json` (proto3 JSON value rules), `http_error` (plain-HTTP
 //! error body), `listener` (accept and connection threads; nothing in epoll), `portforward`
 //! (loopback-only servers reachable from outside), `reaper` (the single `waitpid` owner, see its
-//! docs for the PID-1 design), `user`, `paths`.
+//! docs for the PID-1 design), `sudo/*` (agent-mediated sudo: the `/usr/bin/sudo` link, the
+//! client this binary becomes when invoked as `sudo`, the sudo socket's server, option parsing,
+//! environment, wire format), `user`, `paths`.
 //!
 //! Run on a host for testing (as root, so user switching works):
 //! `firkin-agent --listen 127.0.0.1:53983`, then `POST /init` with an `InitRequest`.
@@ -30,9 +32,11 @@ mod portforward;
 mod process;
 mod reaper;
 mod rpc;
+mod sudo;
 mod user;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -44,10 +48,24 @@ struct Args {
     /// Address to serve envd on.
     #[arg(long, env = "FIRKIN_AGENT_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], firkin_wire::agent::ENVD_PORT)))]
     listen: SocketAddr,
+
+    /// Unix socket the `sudo` client talks to.
+    #[arg(long, env = sudo::SOCKET_ENV, default_value = sudo::SOCKET_PATH)]
+    sudo_socket: PathBuf,
+
+    /// Path to make a symlink to this binary, so that `sudo` runs through the agent. Default:
+    /// /usr/bin/sudo when the agent is PID 1 (inside a sandbox); none otherwise, so a test run
+    /// on a host never touches the host's sudo.
+    #[arg(long, env = "FIRKIN_AGENT_SUDO_LINK")]
+    sudo_link: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.first().is_some_and(sudo::client::invoked_as_sudo) {
+        std::process::exit(sudo::client::main(argv));
+    }
+    let args = Args::parse_from(argv);
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("FIRKIN_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -62,8 +80,13 @@ fn main() -> anyhow::Result<()> {
 async fn serve(args: Args) -> anyhow::Result<()> {
     let reaper = reaper::Reaper::new();
     tokio::spawn(reaper.clone().run());
-    let app = app::router(app::AppState::new(reaper));
+    let state = app::AppState::new(reaper.clone());
+    let config = state.config.clone();
+    let app = app::router(state);
+    // First, so that a second agent started by mistake fails here before touching sudo.
     let listener = listener::BlockingAcceptListener::bind(args.listen)?;
+    let sudo_link = args.sudo_link.or_else(|| (std::process::id() == 1).then(|| sudo::SUDO_PATH.into()));
+    sudo::start(&args.sudo_socket, sudo_link.as_deref(), reaper, config);
     portforward::start();
     tracing::info!(addr = %args.listen, pid = std::process::id(), "firkin-agent listening");
     axum::serve(listener, app).await?;

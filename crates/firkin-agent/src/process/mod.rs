@@ -152,15 +152,18 @@ impl ProcessService {
             return Err(ProcessError::CwdMissing(shown));
         }
         let env = spawn::compose_env(&user, &ctx.config.env_vars, &req.process.envs);
-        let pty = req.pty.map(|p| p.size.map(|s| (s.cols, s.rows)).unwrap_or((80, 24)));
+        let stdio = match req.pty.map(|p| p.size.map(|s| (s.cols, s.rows)).unwrap_or((80, 24))) {
+            Some((cols, rows)) => spawn::ChildStdio::Pty { cols, rows },
+            None => spawn::ChildStdio::Pipes { stdin: req.stdin.unwrap_or(true) },
+        };
         let spec = spawn::SpawnSpec {
             cmd: &req.process.cmd,
+            arg0: None,
             args: &req.process.args,
             env,
             cwd,
             user: &user,
-            stdin: req.stdin.unwrap_or(true),
-            pty,
+            stdio,
         };
         let spawned = spawn::spawn(&self.reaper, &spec)
             .map_err(|source| ProcessError::Spawn { cmd: req.process.cmd.clone(), source })?;

@@ -1,5 +1,6 @@
 //! Building and forking a child: clean environment composition, working directory, user
-//! switch (uid, gid, supplementary groups), own process group or pty session, and stdio.
+//! switch (uid, gid, supplementary groups), own process group or pty session, and stdio (new
+//! pipes, a new pty, or descriptors handed over by a caller, as `crate::sudo` does).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -35,16 +36,28 @@ pub fn compose_env(
     env
 }
 
+/// Where a child's stdin, stdout and stderr come from.
+pub enum ChildStdio {
+    /// New pipes for stdout and stderr, and for stdin when `stdin` (else `/dev/null`); the child
+    /// leads its own process group.
+    Pipes { stdin: bool },
+    /// A new pty of `cols` x `rows` on all three; the child leads its own session.
+    Pty { cols: u32, rows: u32 },
+    /// These descriptors as stdin, stdout and stderr (duplicated for the child; the caller's
+    /// copies stay the caller's); the child leads its own process group.
+    Given([OwnedFd; 3]),
+}
+
 /// Everything needed to fork one process.
 pub struct SpawnSpec<'a> {
     pub cmd: &'a str,
+    /// `argv[0]` when it differs from `cmd` (a login shell's `-bash`).
+    pub arg0: Option<&'a str>,
     pub args: &'a [String],
     pub env: BTreeMap<String, String>,
     pub cwd: PathBuf,
     pub user: &'a SandboxUser,
-    pub stdin: bool,
-    /// `(cols, rows)` when a pty is requested.
-    pub pty: Option<(u32, u32)>,
+    pub stdio: ChildStdio,
 }
 
 /// The parent's ends of a freshly spawned child.
@@ -94,6 +107,9 @@ impl Credentials {
 
 fn build_command(spec: &SpawnSpec<'_>) -> Command {
     let mut command = Command::new(spec.cmd);
+    if let Some(arg0) = spec.arg0 {
+        command.arg0(arg0);
+    }
     command.args(spec.args).env_clear().envs(&spec.env).current_dir(&spec.cwd);
     command
 }
@@ -102,57 +118,76 @@ fn build_command(spec: &SpawnSpec<'_>) -> Command {
 pub fn spawn(reaper: &Reaper, spec: &SpawnSpec<'_>) -> io::Result<Spawned> {
     let creds = Credentials::for_user(spec.user);
     let mut command = build_command(spec);
-    let (pid, ends, exit) = reaper.spawn(|| match spec.pty {
-        Some((cols, rows)) => {
-            // Opened under the reaper's spawn lock so no concurrent fork inherits the slave.
-            let pair = pty::open(cols, rows)?;
+    let (pid, ends, exit) = reaper.spawn(|| match &spec.stdio {
+        ChildStdio::Pty { cols, rows } => fork_in_pty(&mut command, creds, *cols, *rows),
+        ChildStdio::Pipes { stdin } => {
             command
-                .stdin(Stdio::from(pair.slave.try_clone()?))
-                .stdout(Stdio::from(pair.slave.try_clone()?))
-                .stderr(Stdio::from(pair.slave));
-            let creds = creds.clone();
-            // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-            // syscalls (setsid, ioctl, setgroups, setgid, setuid) without allocating.
-            unsafe {
-                command.pre_exec(move || {
-                    nix::unistd::setsid().map_err(io::Error::from)?;
-                    pty::make_controlling_terminal()?;
-                    if let Some(c) = &creds {
-                        c.apply()?;
-                    }
-                    Ok(())
-                });
-            }
-            let child = command.spawn()?;
-            Ok((child.id(), ParentEnds { pty_master: Some(pair.master), ..ParentEnds::default() }))
-        }
-        None => {
-            command
-                .stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() })
+                .stdin(if *stdin { Stdio::piped() } else { Stdio::null() })
                 .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .process_group(0);
-            let creds = creds.clone();
-            // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-            // syscalls (setgroups, setgid, setuid) without allocating.
-            unsafe {
-                command.pre_exec(move || match &creds {
-                    Some(c) => c.apply(),
-                    None => Ok(()),
-                });
-            }
-            let mut child = command.spawn()?;
-            let ends = ParentEnds {
-                stdin: child.stdin.take().map(OwnedFd::from),
-                stdout: child.stdout.take().map(OwnedFd::from),
-                stderr: child.stderr.take().map(OwnedFd::from),
-                pty_master: None,
-            };
-            Ok((child.id(), ends))
+                .stderr(Stdio::piped());
+            fork_in_group(&mut command, creds)
+        }
+        ChildStdio::Given([stdin, stdout, stderr]) => {
+            command
+                .stdin(Stdio::from(stdin.try_clone()?))
+                .stdout(Stdio::from(stdout.try_clone()?))
+                .stderr(Stdio::from(stderr.try_clone()?));
+            fork_in_group(&mut command, creds)
         }
     })?;
     let ParentEnds { stdin, stdout, stderr, pty_master } = ends;
     Ok(Spawned { pid, stdin, stdout, stderr, pty_master, exit })
+}
+
+/// Forks `command` on a new pty, as the leader of a new session whose controlling terminal it
+/// is. Runs under the reaper's spawn lock, so no concurrent fork inherits the slave.
+fn fork_in_pty(
+    command: &mut Command,
+    creds: Option<Credentials>,
+    cols: u32,
+    rows: u32,
+) -> io::Result<(u32, ParentEnds)> {
+    let pair = pty::open(cols, rows)?;
+    command
+        .stdin(Stdio::from(pair.slave.try_clone()?))
+        .stdout(Stdio::from(pair.slave.try_clone()?))
+        .stderr(Stdio::from(pair.slave));
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // syscalls (setsid, ioctl, setgroups, setgid, setuid) without allocating.
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            pty::make_controlling_terminal()?;
+            if let Some(c) = &creds {
+                c.apply()?;
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    Ok((child.id(), ParentEnds { pty_master: Some(pair.master), ..ParentEnds::default() }))
+}
+
+/// Forks `command` (stdio already chosen) as the leader of its own process group, and hands
+/// back the parent's ends of any pipes std created for it.
+fn fork_in_group(command: &mut Command, creds: Option<Credentials>) -> io::Result<(u32, ParentEnds)> {
+    command.process_group(0);
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // syscalls (setgroups, setgid, setuid) without allocating.
+    unsafe {
+        command.pre_exec(move || match &creds {
+            Some(c) => c.apply(),
+            None => Ok(()),
+        });
+    }
+    let mut child = command.spawn()?;
+    let ends = ParentEnds {
+        stdin: child.stdin.take().map(OwnedFd::from),
+        stdout: child.stdout.take().map(OwnedFd::from),
+        stderr: child.stderr.take().map(OwnedFd::from),
+        pty_master: None,
+    };
+    Ok((child.id(), ends))
 }
 
 /// Whether `path` is an existing directory.
