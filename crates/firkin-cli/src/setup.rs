@@ -40,6 +40,11 @@ pub struct HostArgs {
     /// Disk (MiB) each sandbox holds in the capacity ledger: headroom for what it writes.
     #[arg(long, env = "FIRKIN_DISK_RESERVE_MB", default_value_t = 1024)]
     pub disk_reserve_mb: u32,
+    /// Processes and threads the sandbox's user may have at once (RLIMIT_NPROC inside the
+    /// sandbox; a fork bomb fails there and the sandbox lives on). Default: one per 2 MiB of
+    /// the sandbox's memory (256 for 512 MiB).
+    #[arg(long, env = "FIRKIN_MAX_PROCESSES", value_parser = clap::value_parser!(u32).range(16..))]
+    pub max_processes: Option<u32>,
     /// Seconds without an answer from a running sandbox's agent before it is killed as stuck.
     #[arg(long, env = "FIRKIN_STUCK_AFTER_SECS", default_value_t = 60)]
     pub stuck_after_secs: u64,
@@ -128,6 +133,7 @@ impl HostArgs {
         );
         config.disk_size_mb = self.disk_size_mb;
         config.disk_reserve_mb = self.disk_reserve_mb;
+        config.max_processes = self.max_processes;
         config.stuck_after = std::time::Duration::from_secs(self.stuck_after_secs.max(1));
         if let Some(spec) = &self.capacity {
             config.capacity = apply_capacity(config.capacity, spec)?;

@@ -93,6 +93,10 @@ pub struct RuntimeConfig {
     /// its whole size (a 10 GiB limit per sandbox must not cap a host at a few sandboxes). The
     /// disk free-space floors guard what sandboxes really write.
     pub disk_reserve_mb: u32,
+    /// Processes and threads the sandbox's user may have at once (RLIMIT_NPROC, enforced by
+    /// gVisor inside the sandbox: a fork bomb fails, the sandbox lives on). `None`: one per 2 MiB
+    /// of the sandbox's memory (see [`RuntimeConfig::process_limit`]).
+    pub max_processes: Option<u32>,
     /// How long to wait for the agent to answer after the engine started the sandbox.
     pub ready_timeout: Duration,
     /// Domain reported in create responses (`null` when empty).
@@ -126,6 +130,7 @@ impl RuntimeConfig {
             max_memory_mb: 8192,
             disk_size_mb: 10240,
             disk_reserve_mb: 1024,
+            max_processes: None,
             ready_timeout: Duration::from_secs(20),
             domain: None,
             capacity: crate::admission::host::host_capacity(&layout_state, 16),
@@ -135,6 +140,15 @@ impl RuntimeConfig {
             disk_floors: DiskFloors::default(),
             warm_pool: std::collections::BTreeMap::new(),
         }
+    }
+}
+
+impl RuntimeConfig {
+    /// The process limit of a sandbox with `memory_mb`. Measured with a bash fork bomb in a
+    /// 512 MiB sandbox: at 256 processes it is contained and the sandbox recovers; at 512 and
+    /// 1024 the processes' memory starves the agent and the sandbox stops answering.
+    pub fn process_limit(&self, memory_mb: u32) -> u32 {
+        self.max_processes.unwrap_or((memory_mb / 2).clamp(128, 32768))
     }
 }
 

@@ -29,6 +29,8 @@ pub struct BootSpec {
     pub memory_mb: u32,
     /// Size of the sandbox's disk (its root filesystem's writable layer), a hard limit.
     pub disk_mb: u32,
+    /// Processes (and threads) the sandbox's user may have at once (RLIMIT_NPROC).
+    pub max_processes: u32,
 }
 
 /// Engine failures, each naming the operation and the sandbox.

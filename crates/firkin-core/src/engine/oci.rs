@@ -44,7 +44,13 @@ pub fn runtime_spec(spec: &BootSpec) -> Value {
             "capabilities": {
                 "bounding": caps, "effective": caps, "permitted": caps, "inheritable": caps, "ambient": caps,
             },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576u64, "soft": 1048576u64}],
+            "rlimits": [
+                {"type": "RLIMIT_NOFILE", "hard": 1048576u64, "soft": 1048576u64},
+                // Enforced by the sentry per user (root is exempt, as in Linux): a fork bomb
+                // of the sandbox's user gets EAGAIN and the sandbox lives on. A host pids
+                // cgroup limit would kill the whole sentry instead.
+                {"type": "RLIMIT_NPROC", "hard": spec.max_processes, "soft": spec.max_processes},
+            ],
             "noNewPrivileges": false,
         },
         "root": {"path": spec.rootfs, "readonly": false},
@@ -90,11 +96,16 @@ mod tests {
             cpu_count: 2,
             memory_mb: 512,
             disk_mb: 10240,
+            max_processes: 1024,
         };
         let v = runtime_spec(&spec);
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], 512u64 * 1024 * 1024);
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 200_000u64);
         assert_eq!(v["linux"]["namespaces"][4]["path"], "/var/run/netns/x");
+        assert_eq!(
+            v["process"]["rlimits"][1],
+            serde_json::json!({"type": "RLIMIT_NPROC", "hard": 1024, "soft": 1024})
+        );
         assert_eq!(v["process"]["args"][0], AGENT_GUEST_PATH);
         assert_eq!(v["mounts"][5]["source"], "/usr/bin/firkin-agent");
         let tmpfs: Vec<&str> = v["mounts"]

@@ -67,6 +67,7 @@ impl Runtime {
         let engine = Arc::clone(&self.inner.engine);
         let run_dir = cfg.layout.sandbox_run_dir(id.as_str());
         let agent_path = cfg.agent_path.clone();
+        let max_processes = cfg.process_limit(size.memory_mb);
         tokio::task::spawn_blocking(move || -> Result<_, RuntimeError> {
             let t = Instant::now();
             let att = network
@@ -83,6 +84,7 @@ impl Runtime {
                 cpu_count: size.cpu_count,
                 memory_mb: size.memory_mb,
                 disk_mb: size.disk_mb,
+                max_processes,
             };
             match &image {
                 None => engine.boot(&spec),
