@@ -9,13 +9,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use firkin_core::record::OnTimeout;
-use firkin_core::runtime::CreateSandbox;
+use firkin_core::runtime::{CreateSandbox, RuntimeError};
 
 use crate::error::ApiError;
 use crate::list_query::list_query;
 use crate::wire::{
-    parse_json, parse_json_or_default, seconds, ForkBody, NewSandbox, SandboxListing, SandboxMetric,
-    SandboxResponse, SnapshotBody, SnapshotListing, TimeoutBody,
+    parse_json, parse_json_or_default, seconds, ConnectBody, ForkBody, NewSandbox, PauseBody, SandboxListing,
+    SandboxMetric, SandboxResponse, SnapshotBody, SnapshotListing, TimeoutBody,
 };
 use crate::AppState;
 
@@ -47,6 +47,9 @@ async fn create(State(st): State<AppState>, body: Bytes) -> Result<Response, Api
     let req: NewSandbox = parse_json(&body)?;
     if req.template_id.trim().is_empty() {
         return Err(ApiError::bad_request("templateID must not be empty"));
+    }
+    if let Some(feature) = req.unsupported() {
+        return Err(RuntimeError::Unsupported { feature }.into());
     }
     let timeout = req.timeout.map(|t| seconds("timeout", t)).transpose()?;
     let create = CreateSandbox {
@@ -110,7 +113,11 @@ async fn connect(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let b: TimeoutBody = parse_json_or_default(&body)?;
+    let b: ConnectBody = parse_json_or_default(&body)?;
+    if b.memory == Some(false) {
+        let feature = "resume by reboot from the filesystem (memory=false, on_resume=\"reboot\")";
+        return Err(RuntimeError::Unsupported { feature }.into());
+    }
     let timeout = b.timeout.map(|t| seconds("timeout", t)).transpose()?;
     let out = st.runtime.connect(&id, timeout).await?;
     let status = if out.resumed { StatusCode::CREATED } else { StatusCode::OK };
@@ -118,7 +125,16 @@ async fn connect(
     Ok((status, Json(SandboxResponse::from_record(&out.record, domain))).into_response())
 }
 
-async fn pause(State(st): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn pause(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let b: PauseBody = parse_json_or_default(&body)?;
+    if b.memory == Some(false) {
+        let feature = "filesystem-only pause (memory=false, mode=\"filesystem\")";
+        return Err(RuntimeError::Unsupported { feature }.into());
+    }
     st.runtime.pause(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

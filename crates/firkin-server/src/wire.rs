@@ -36,6 +36,66 @@ pub struct NewSandbox {
     pub memory_mb: Option<u32>,
     #[serde(default)]
     pub secure: Option<bool>,
+    /// `false`: a timeout auto-pause keeps the filesystem only (not supported yet).
+    #[serde(default)]
+    pub auto_pause_memory: Option<bool>,
+    /// Network policy (egress rules, private traffic): not supported yet beyond `{}`.
+    #[serde(default)]
+    pub network: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub mcp: Option<serde_json::Value>,
+    #[serde(default)]
+    pub iam: Option<serde_json::Value>,
+    #[serde(default)]
+    pub volume_mounts: Option<Vec<serde_json::Value>>,
+}
+
+impl NewSandbox {
+    /// The first option of this request firkin does not implement, named for the caller: it
+    /// is refused (501), never silently ignored.
+    pub fn unsupported(&self) -> Option<&'static str> {
+        if self.auto_pause_memory == Some(false) {
+            return Some("filesystem-only auto-pause (autoPauseMemory=false, lifecycle mode \"filesystem\")");
+        }
+        if let Some(field) = self.network.as_ref().and_then(unsupported_network_field) {
+            return Some(field);
+        }
+        if self.mcp.as_ref().is_some_and(|v| !v.is_null()) {
+            return Some("MCP servers (mcp)");
+        }
+        if self.iam.as_ref().is_some_and(|v| !v.is_null()) {
+            return Some("cloud IAM credentials (iam)");
+        }
+        if self.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
+            return Some("volume mounts (volumeMounts)");
+        }
+        None
+    }
+}
+
+/// The first network-policy field firkin cannot honour yet. Sandboxes have no egress at all
+/// today, so `denyOut` holds whatever it says; anything that promises reachability, changes who
+/// may reach the sandbox or rewrites traffic is refused. Fields that keep the default pass.
+fn unsupported_network_field(network: &serde_json::Map<String, serde_json::Value>) -> Option<&'static str> {
+    use serde_json::Value;
+    let set = |key: &str| match network.get(key) {
+        None | Some(Value::Null) => false,
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+        Some(_) => true,
+    };
+    let names: [(&str, &'static str); 6] = [
+        ("allowOut", "network egress allow rules (network.allowOut)"),
+        ("maskRequestHost", "network.maskRequestHost"),
+        ("dnsServers", "network.dnsServers"),
+        ("egressProxy", "network.egressProxy"),
+        ("httpsPorts", "network.httpsPorts"),
+        ("rules", "network rules (network.rules)"),
+    ];
+    if network.get("allowPublicTraffic") == Some(&Value::Bool(false)) {
+        return Some("private sandbox traffic (network.allowPublicTraffic=false)");
+    }
+    names.iter().find(|(key, _)| set(key)).map(|(_, name)| *name)
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,7 +104,31 @@ pub struct AutoResume {
     pub enabled: bool,
 }
 
-/// `{"timeout": N}` bodies (set_timeout, connect).
+/// `POST /sandboxes/{id}/pause` body.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseBody {
+    /// `false`: a filesystem-only pause (not supported yet).
+    #[serde(default)]
+    pub memory: Option<bool>,
+    /// Refuse the pause when the agent does not answer. firkin always does: the checkpoint is
+    /// proven by restoring it and asking its agent, and a pause that fails keeps the sandbox
+    /// running.
+    #[serde(default)]
+    pub require_healthy_guest: Option<bool>,
+}
+
+/// `POST /sandboxes/{id}/connect` (and `/resume`) body.
+#[derive(Debug, Deserialize, Default)]
+pub struct ConnectBody {
+    #[serde(default)]
+    pub timeout: Option<i64>,
+    /// `false`: resume by rebooting from the filesystem (not supported yet).
+    #[serde(default)]
+    pub memory: Option<bool>,
+}
+
+/// `{"timeout": N}` bodies (set_timeout).
 #[derive(Debug, Deserialize, Default)]
 pub struct TimeoutBody {
     #[serde(default)]
@@ -210,5 +294,37 @@ pub struct SnapshotListing {
 impl SnapshotListing {
     pub fn from_manifest(m: &firkin_core::snapshot::SnapshotManifest) -> SnapshotListing {
         SnapshotListing { snapshot_id: m.snapshot_id.clone(), names: m.names.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_sandbox(extra: serde_json::Value) -> NewSandbox {
+        let mut body = serde_json::json!({"templateID": "base"});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(body).unwrap()
+    }
+
+    #[test]
+    fn options_firkin_does_not_implement_are_named() {
+        let named = |extra| new_sandbox(extra).unsupported();
+        assert_eq!(named(serde_json::json!({})), None);
+        assert_eq!(named(serde_json::json!({"network": {}, "mcp": null, "volumeMounts": []})), None);
+        assert_eq!(named(serde_json::json!({"network": {"allowPublicTraffic": true, "allowOut": []}})), None);
+        assert!(named(serde_json::json!({"autoPauseMemory": false})).unwrap().contains("autoPauseMemory"));
+        assert!(named(serde_json::json!({"network": {"allowOut": ["1.2.3.4"]}}))
+            .unwrap()
+            .contains("allowOut"));
+        // No egress at all: a deny rule holds (allow_internet_access=false sends this).
+        assert_eq!(named(serde_json::json!({"network": {"denyOut": ["0.0.0.0/0"]}})), None);
+        let private = named(serde_json::json!({"network": {"allowPublicTraffic": false}})).unwrap();
+        assert!(private.contains("allowPublicTraffic"));
+        assert!(named(serde_json::json!({"network": {"maskRequestHost": "x"}})).unwrap().contains("mask"));
+        assert!(named(serde_json::json!({"mcp": {"x": {}}})).unwrap().contains("mcp"));
+        assert!(named(serde_json::json!({"volumeMounts": [{"name": "v"}]}))
+            .unwrap()
+            .contains("volumeMounts"));
     }
 }
