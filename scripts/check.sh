@@ -24,15 +24,11 @@
 # usual, FIRKIN_CHECK_PYTEST_ARGS (extra pytest arguments for step 4, e.g. "-k bash"; not
 # PYTEST_ARGS, which test.sh passes to the SDK suite).
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO"
-export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
-# rustup's cargo, should a bare environment lack it on PATH.
-if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"; fi
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 VENV="${FIRKIN_CHECK_VENV:-$REPO/.venv-check}"
-# Keep pytest, pytest-timeout, httpx and the e2b pins in step with PY_PINS in setup.sh.
-PY_PINS=("pytest==9.2.0" "pytest-timeout==2.4.0" "httpx==0.28.1" "jupyter-client==7.4.9"
-  "ipykernel==6.17.0" "e2b==2.63.0" "e2b-code-interpreter==2.11.5")
+# The interpreter's own tests need the Jupyter stack the code-interpreter rootfs ships.
+PY_PINS=("${TEST_TOOL_PINS[@]}" "${E2B_PINS[@]}" "jupyter-client==7.4.9" "ipykernel==6.17.0")
 
 STARTED=$(date +%s)
 STEP_STARTED=$STARTED
@@ -75,16 +71,8 @@ step "cargo test"
 cargo test --locked --workspace
 
 step "interpreter host-side tests (venv $VENV)"
-venv_ok() {
-  [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "${PY_PINS[@]}" <<'PY' 2>/dev/null
-import sys
-from importlib.metadata import version
-for pin in sys.argv[1:]:
-    name, want = pin.split("==")
-    assert version(name) == want, pin
-import httpx, ipykernel, jupyter_client  # what test_server.py skips without
-PY
-}
+# test_server.py skips itself whole without httpx, jupyter_client or ipykernel.
+venv_ok() { venv_has "$VENV" "${PY_PINS[@]}" -- httpx ipykernel jupyter_client; }
 if ! venv_ok; then
   # Writable: an existing venv dir, or the dir it is to be created in.
   target="$VENV"

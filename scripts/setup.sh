@@ -10,8 +10,8 @@
 # interrupt: a half-built rootfs never appears under its final name.
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 CACHE_DIR="${FIRKIN_CACHE_DIR:-$HOME/.firkin/cache}"
 # Bump a name (base-v2, …) whenever that rootfs's contents change, together with BASE_ROOTFS /
 # INTERPRETER_ROOTFS in crates/firkin-core/src/template/mod.rs: a cache is never rebuilt in place.
@@ -24,9 +24,7 @@ INTERPRETER_NAME="code-interpreter-v1"
 INTERPRETER_PACKAGES="$BASE_PACKAGES,python3-ipykernel,python3-jupyter-client,python3-numpy,python3-pandas,python3-matplotlib,nodejs"
 DEBIAN_MIRROR="http://deb.debian.org/debian"
 VENV="${FIRKIN_VENV:-$REPO/.venv}"
-E2B_VERSION="2.63.0"
-E2B_CI_VERSION="2.11.5"
-PY_PINS=("e2b==$E2B_VERSION" "e2b-code-interpreter==$E2B_CI_VERSION" "pytest==9.2.0" "pytest-timeout==2.4.0" "httpx==0.28.1")
+PY_PINS=("${E2B_PINS[@]}" "${TEST_TOOL_PINS[@]}")
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -193,15 +191,7 @@ for name in "$BASE_NAME" "$INTERPRETER_NAME"; do
 done
 
 # --- Python venv for the SDK tests -----------------------------------------------------------
-venv_ok() {
-  [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "${PY_PINS[@]}" <<'PY' 2>/dev/null
-import sys
-from importlib.metadata import version
-for pin in sys.argv[1:]:
-    name, want = pin.split("==")
-    assert version(name) == want, pin
-PY
-}
+venv_ok() { venv_has "$VENV" "${PY_PINS[@]}"; }
 if ! venv_ok; then
   mkdir -p "$VENV"
   exec 9>"$VENV/.firkin-setup.lock"

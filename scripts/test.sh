@@ -11,11 +11,8 @@
 # the soak), FIRKIN_SUITE_TIMEOUT (whole pytest run,
 # seconds, default 1500), PYTEST_ARGS (extra pytest arguments, e.g. "-k files").
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO"
-export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
-# rustup's cargo, should a bare environment lack it on PATH.
-if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"; fi
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 VENV="${FIRKIN_VENV:-$REPO/.venv}"
 STARTED=$(date +%s)
 step() { printf '\n== %s (+%ds)\n' "$*" "$(($(date +%s) - STARTED))"; }
