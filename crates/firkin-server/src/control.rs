@@ -43,14 +43,20 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Answers 501 naming an option of the request that firkin does not implement.
+fn refuse(unsupported: Option<&'static str>) -> Result<(), ApiError> {
+    match unsupported {
+        Some(feature) => Err(RuntimeError::Unsupported { feature }.into()),
+        None => Ok(()),
+    }
+}
+
 async fn create(State(st): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let req: NewSandbox = parse_json(&body)?;
     if req.template_id.trim().is_empty() {
         return Err(ApiError::bad_request("templateID must not be empty"));
     }
-    if let Some(feature) = req.unsupported() {
-        return Err(RuntimeError::Unsupported { feature }.into());
-    }
+    refuse(req.unsupported())?;
     let timeout = req.timeout.map(|t| seconds("timeout", t)).transpose()?;
     let create = CreateSandbox {
         template_id: req.template_id,
@@ -114,10 +120,7 @@ async fn connect(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let b: ConnectBody = parse_json_or_default(&body)?;
-    if b.memory == Some(false) {
-        let feature = "resume by reboot from the filesystem (memory=false, on_resume=\"reboot\")";
-        return Err(RuntimeError::Unsupported { feature }.into());
-    }
+    refuse(b.unsupported())?;
     let timeout = b.timeout.map(|t| seconds("timeout", t)).transpose()?;
     let out = st.runtime.connect(&id, timeout).await?;
     let status = if out.resumed { StatusCode::CREATED } else { StatusCode::OK };
@@ -131,10 +134,7 @@ async fn pause(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let b: PauseBody = parse_json_or_default(&body)?;
-    if b.memory == Some(false) {
-        let feature = "filesystem-only pause (memory=false, mode=\"filesystem\")";
-        return Err(RuntimeError::Unsupported { feature }.into());
-    }
+    refuse(b.unsupported())?;
     st.runtime.pause(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

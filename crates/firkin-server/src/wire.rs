@@ -118,6 +118,12 @@ pub struct PauseBody {
     pub require_healthy_guest: Option<bool>,
 }
 
+impl PauseBody {
+    pub fn unsupported(&self) -> Option<&'static str> {
+        (self.memory == Some(false)).then_some("filesystem-only pause (memory=false, mode=\"filesystem\")")
+    }
+}
+
 /// `POST /sandboxes/{id}/connect` (and `/resume`) body.
 #[derive(Debug, Deserialize, Default)]
 pub struct ConnectBody {
@@ -126,6 +132,13 @@ pub struct ConnectBody {
     /// `false`: resume by rebooting from the filesystem (not supported yet).
     #[serde(default)]
     pub memory: Option<bool>,
+}
+
+impl ConnectBody {
+    pub fn unsupported(&self) -> Option<&'static str> {
+        (self.memory == Some(false))
+            .then_some("resume by reboot from the filesystem (memory=false, on_resume=\"reboot\")")
+    }
 }
 
 /// `{"timeout": N}` bodies (set_timeout).
