@@ -7,8 +7,11 @@
 //! - `fork`: fork of one sandbox into `--children` copies.
 //! - `dirty`: restore time and image size against dirty memory (10, 100, 500 MB).
 //! - `code`: `run_code("1+1")` on a warm context, and create → first `run_code` result.
+//! - `disk`: writing 100 MB, 1 GB and 2 GB to a sandbox's disk, then pause, resume and a fork
+//!   into two with that data on it.
 
 mod baseline;
+mod disk;
 mod probe;
 mod scenarios;
 
@@ -32,6 +35,8 @@ pub enum Scenario {
     Dirty,
     /// Code interpreter: `run_code("1+1")` warm, and create → first `run_code`.
     Code,
+    /// The sandbox disk: write 100 MB / 1 GB / 2 GB, then pause, resume and fork with it.
+    Disk,
 }
 
 #[derive(Args, Debug)]
@@ -126,6 +131,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Fork => scenarios::fork(&runtime, &args).await?,
         Scenario::Dirty => scenarios::dirty(&runtime, &args).await?,
         Scenario::Code => scenarios::code(&runtime, &args).await?,
+        Scenario::Disk => disk::disk(&runtime, &args).await?,
     };
     runtime.stop_warm_pool().await;
     runtime.kill_all().await;

@@ -26,7 +26,7 @@ async fn build(rt: &Runtime, name: &str, memory_mb: Option<u32>) -> anyhow::Resu
 /// One timed pause and resume of `id`; `between` runs after the pause (unmeasured). Returns the
 /// resumed record and when the resume began, or `None` (recorded as a failure) when either step
 /// failed.
-async fn pause_resume(
+pub(super) async fn pause_resume(
     rt: &Runtime,
     id: &str,
     (pause, resume): (&mut Series, &mut Series),
@@ -140,7 +140,7 @@ pub async fn fork(rt: &Runtime, args: &BenchArgs) -> anyhow::Result<Vec<Series>>
 }
 
 /// Sum of the file sizes in a directory, in MB.
-fn dir_mb(dir: &std::path::Path) -> f64 {
+pub(super) fn dir_mb(dir: &std::path::Path) -> f64 {
     let bytes: u64 = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
