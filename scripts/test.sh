@@ -90,9 +90,11 @@ cleanup() {
     for ns in $nss; do ip netns delete "$ns" 2>/dev/null; done
     [ "$rc" -eq 0 ] && rc=1
   fi
-  # Never follow a mount out of the run dir (runsc mounts nothing here today; be safe anyway).
+  # Sandbox disks are loop mounts under state/run/disks while their sandboxes run; a stopped
+  # server leaves none. Never follow a mount out of the run dir.
   if awk -v d="$RUN_DIR/" 'index($5, d) == 1 { f = 1 } END { exit !f }' /proc/self/mountinfo; then
-    echo "not removing $RUN_DIR: something is still mounted under it"
+    echo "FAIL: not removing $RUN_DIR: something is still mounted under it (a sandbox disk?):"
+    awk -v d="$RUN_DIR/" 'index($5, d) == 1 { print "  " $5 }' /proc/self/mountinfo
     [ "$rc" -eq 0 ] && rc=1
   else
     rm -rf --one-file-system "$RUN_DIR"
