@@ -23,6 +23,7 @@ pub fn run(args: &HostArgs) -> anyhow::Result<()> {
     report.record("free disk for artifacts", free_disk(&layout, args));
     report.record("agent binary", agent_binary(args));
     report.record("cgroups", cgroups());
+    report.record("sandbox disks (ext4 loop mounts)", sandbox_disks());
     anyhow::ensure!(report.failures == 0, "{} check(s) failed", report.failures);
     Ok(())
 }
@@ -45,6 +46,20 @@ impl Report {
         };
         println!("[{tag}] {name}: {detail}");
     }
+}
+
+/// Each sandbox's disk is an ext4 image made with `mkfs.ext4` and loop-mounted.
+fn sandbox_disks() -> Verdict {
+    let on_path = |p: &str| {
+        std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
+    };
+    if !on_path("mkfs.ext4") {
+        return Err("mkfs.ext4 not found: apt-get install e2fsprogs (scripts/setup.sh does)".into());
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Err("/dev/loop-control missing: the host needs loop devices (modprobe loop)".into());
+    }
+    Ok("mkfs.ext4 and /dev/loop-control present".into())
 }
 
 fn running_as_root() -> Verdict {
