@@ -183,7 +183,8 @@ def reservations(url=API_URL):
 
 def host_consistent(url, state, key):
     """The host matches what the server (state dir `state`) says runs: its network namespaces,
-    runsc processes, active reservations and staging dirs. Returns the listed sandboxes."""
+    runsc processes, sandbox disks, active reservations and staging dirs. Returns the listed
+    sandboxes."""
     import hashlib
     import re
     import subprocess
@@ -201,16 +202,21 @@ def host_consistent(url, state, key):
         runsc = subprocess.run(["pgrep", "-a", "-f", "--", f"--root={state}/run/runsc"],
                                capture_output=True, text=True).stdout
         engine_ids = set(re.findall(r"\b([a-z0-9]{20})\b", runsc))
+        disks_dir = os.path.join(state, "run", "disks")
+        disks = {n.removesuffix(".img") for n in (os.listdir(disks_dir) if os.path.isdir(disks_dir) else [])
+                 if not n.startswith(("blank-", "."))}
         active = reservations(url).get("active", 0)
         staging = [f"{d}/{n}" for d in ("templates", "snapshots/images", "snapshots/paused")
                    for n in (os.listdir(os.path.join(state, d)) if os.path.isdir(os.path.join(state, d)) else [])
                    if n.startswith(".")]
-        ok = netns == running and engine_ids <= running | {""} and active == len(running) and not staging
+        ok = (netns == running and engine_ids <= running | {""} and disks <= running
+              and active == len(running) and not staging)
         if ok or time.time() > deadline:
             break
         time.sleep(0.5)
     assert netns == running, (netns, running)
     assert engine_ids <= running, (engine_ids, running)
+    assert disks <= running, ("sandbox disks without a running sandbox", disks, running)
     assert active == len(running), (active, running)
     assert staging == []
     return listed
