@@ -1,6 +1,7 @@
 //! The `/init`, `/health` and `/envs` routes: `/init` builds the sandbox-wide configuration
 //! (access token, env vars, default user and workdir; held in `crate::context`) from the host's
-//! request and publishes the env vars to in-sandbox services.
+//! request and publishes the env vars and the access token to in-sandbox services (the code
+//! interpreter; see docs/security.md, "The code interpreter's access token").
 
 use std::sync::Arc;
 
@@ -89,6 +90,7 @@ pub async fn init(
                 "initialised"
             );
             publish_envs(&config.env_vars);
+            publish_token(&config);
             cell.set(config);
             let resp = InitResponse {
                 protocol: AGENT_PROTOCOL_VERSION,
@@ -130,8 +132,82 @@ fn publish_envs(vars: &std::collections::BTreeMap<String, String>) {
     }
 }
 
+/// Where in-sandbox services (the code interpreter, running as the default user) read the
+/// sandbox's access token to check their own callers; rewritten at every `/init`, so a service
+/// restored from a checkpoint sees the new sandbox's token as soon as `/init` has answered.
+/// `FIRKIN_AGENT_TOKEN_FILE` overrides it for host testing.
+const TOKEN_FILE: &str = "/run/firkin/access-token";
+
+/// Writes the access token to [`TOKEN_FILE`] atomically, readable by root and the default
+/// user's group only (0440, owner root): code running as that user may already do anything the
+/// token allows, other accounts (a template's service users) may not. If it cannot be written,
+/// the previous sandbox's file is removed, so the interpreter refuses everything (503) instead
+/// of accepting a stale token.
+fn publish_token(config: &AgentConfig) {
+    let path = std::env::var_os("FIRKIN_AGENT_TOKEN_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| TOKEN_FILE.into());
+    let group = SandboxUser::lookup(&config.default_user).ok().map(|u| u.gid);
+    if let Err(e) = write_private(&path, config.access_token.as_bytes(), group) {
+        tracing::error!(path = %path.display(), error = %e, "cannot publish the access token");
+        if let Err(e) = std::fs::remove_file(&path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::error!(path = %path.display(), error = %e, "cannot remove the stale token");
+            }
+        }
+    }
+}
+
+/// Replaces `path` with `data` atomically: a fresh temp file (mode 0600 from its creation, so
+/// the data is never readable by others), fsync, group `group` and mode 0440, rename.
+fn write_private(
+    path: &std::path::Path,
+    data: &[u8],
+    group: Option<nix::unistd::Gid>,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    if let Some(gid) = group {
+        std::os::unix::fs::fchown(&f, None, Some(gid.as_raw()))?;
+    }
+    f.set_permissions(std::fs::Permissions::from_mode(0o440))?;
+    std::fs::rename(&tmp, path)
+}
+
 /// `GET /envs`: the sandbox-wide env vars.
 pub async fn envs(State(cell): State<Arc<ConfigCell>>) -> Response {
     let vars = cell.get().map(|c| c.env_vars.clone()).unwrap_or_default();
     Json(vars).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn private_files_are_replaced_atomically() {
+        let dir = std::env::temp_dir().join(format!("firkin-init-test-{}", std::process::id()));
+        let path = dir.join("access-token");
+        write_private(&path, b"first", None).unwrap();
+        let before = std::fs::metadata(&path).unwrap();
+        assert_eq!(before.permissions().mode() & 0o777, 0o440);
+        write_private(&path, b"second", None).unwrap();
+        let after = std::fs::metadata(&path).unwrap();
+        assert_ne!(before.ino(), after.ino(), "a reader must see a new inode");
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temp file is left");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
