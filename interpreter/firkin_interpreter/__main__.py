@@ -1,4 +1,5 @@
-"""Entry point: `python3 -m firkin_interpreter --port 49999 [--host 0.0.0.0] [--cwd DIR]`.
+"""Entry point: `python3 -m firkin_interpreter --port 49999 [--host 0.0.0.0] [--cwd DIR]
+[--auth sdk|strict]`.
 
 Serves HTTP at once (answering 503 on /health) while the default Python kernel starts and warms
 up in the background; /health turns 200 when it is ready. SIGTERM/SIGINT stop every context.
@@ -11,6 +12,7 @@ import signal
 import sys
 import threading
 
+from .auth import MODES, Gate
 from .contexts import Registry
 from .server import Server
 
@@ -29,6 +31,11 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=49999)
     parser.add_argument("--cwd", default=None,
                         help="default working directory (default /home/user, else the current)")
+    parser.add_argument("--auth", choices=MODES,
+                        default=os.environ.get("FIRKIN_INTERPRETER_AUTH") or "sdk",
+                        help="sdk: the token is required on /execute and, when sent, checked on "
+                             "the context routes (which the pinned SDK calls without it); "
+                             "strict: required on every route but /health")
     parser.add_argument("--log-level", default=os.environ.get("FIRKIN_LOG", "INFO"))
     args = parser.parse_args(argv)
 
@@ -37,9 +44,11 @@ def main(argv=None):
     log = logging.getLogger("firkin")
 
     registry = Registry(_default_cwd(args.cwd))
-    server = Server((args.host, args.port), registry)
-    log.info("listening on %s:%d (default cwd %s, env file %s)", args.host, args.port,
-             registry.default_cwd, registry.envfile.path)
+    gate = Gate(mode=args.auth)
+    server = Server((args.host, args.port), registry, gate)
+    log.info("listening on %s:%d (default cwd %s, env file %s, token file %s, auth %s)",
+             args.host, args.port, registry.default_cwd, registry.envfile.path,
+             gate.token_file.path, gate.mode)
 
     threading.Thread(target=registry.start_default, name="default-kernel", daemon=True).start()
 

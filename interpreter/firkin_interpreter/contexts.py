@@ -6,7 +6,8 @@ different contexts run concurrently. Admin operations (restart, remove) set the 
 event so that a running execution lets go of the runtime within a tick.
 
 `Context.execute()` drives one cell: it waits for the lock, applies the sandbox-wide env vars
-(from the JSON file the host agent writes, re-read when it changes), runs the cell and hands
+(from the JSON file the host agent writes, re-read when it changes), reseeds the runtime's
+random generators when the sandbox identity changed (`auth`), runs the cell and hands
 each line to the HTTP layer through a `Client` (send / gone). When the client goes away it
 interrupts the runtime and keeps draining, so the context is ready for the next request.
 """
@@ -125,6 +126,7 @@ class Context:
         self.removed = False
         self.env_applied = {}  # sandbox-wide vars as applied in the current runtime generation
         self.env_generation = None
+        self.seeded_epoch = None  # the sandbox identity (auth.TokenFile.epoch) last reseeded for
 
     def describe(self):
         return {"id": self.id, "language": self.language, "cwd": self.cwd}
@@ -182,8 +184,23 @@ class Context:
         self.runtime.apply_env(set_vars, unset)
         self.env_applied = dict(wanted)
 
-    def execute(self, code, env_vars, client, envfile):
-        """Runs one cell for `client` (an object with `send(line) -> bool` and `gone()`)."""
+    def _reseed(self, epoch):
+        """Reseeds the runtime once per sandbox identity: a kernel restored from a checkpoint
+        would otherwise replay the same random streams as every other sandbox restored from it.
+        A failure is logged and retried before the next cell."""
+        if epoch is None or epoch == self.seeded_epoch:
+            return
+        try:
+            self.runtime.reseed(os.urandom(32))
+            self.seeded_epoch = epoch
+            log.info("context %s: reseeded for identity epoch %d", self.id, epoch)
+        except Exception as e:
+            log.warning("context %s: reseeding failed: %s", self.id, e)
+
+    def execute(self, code, env_vars, client, envfile, epoch=None):
+        """Runs one cell for `client` (an object with `send(line) -> bool` and `gone()`).
+        `epoch` is the sandbox identity (`auth.TokenFile.epoch`); the runtime is reseeded
+        silently before the cell when it changed."""
         state = {"last_send": time.monotonic(), "last_check": time.monotonic(), "gone": False}
 
         def send(line):
@@ -220,6 +237,7 @@ class Context:
             try:
                 self.ensure_started()
                 self._sync_env(envfile)
+                self._reseed(epoch)
             except Exception as e:
                 log.exception("context %s: cannot prepare the execution", self.id)
                 send(mime.error_line("ContextError", "the %s context is not usable: %s"

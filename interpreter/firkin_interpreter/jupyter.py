@@ -269,6 +269,21 @@ def _restore_code(save_key):
     )
 
 
+def _reseed_code(seed):
+    """Python source that reseeds `random` and, if imported, numpy's global generator."""
+    return (
+        "def __firkin_reseed(seed):\n"
+        "    import random, sys\n"
+        "    random.seed(seed)\n"
+        "    np = sys.modules.get('numpy')\n"
+        "    if np is not None and hasattr(np, 'random'):\n"
+        "        np.random.seed([int.from_bytes(seed[i:i + 4], 'little')\n"
+        "                        for i in range(0, len(seed), 4)])\n"
+        "__firkin_reseed(%r)\n"
+        "del __firkin_reseed\n" % seed
+    )
+
+
 class PythonRuntime:
     """A Python context's interpreter: one ipykernel at a time (a restart starts a new one)."""
 
@@ -322,6 +337,10 @@ class PythonRuntime:
     def apply_env(self, set_vars, unset):
         """Applies sandbox-wide env changes; raises on failure."""
         self.kernel.silent(_env_code(set_vars, unset))
+
+    def reseed(self, seed):
+        """Reseeds the kernel's `random` (and numpy's, if imported) from `seed` (bytes)."""
+        self.kernel.silent(_reseed_code(seed))
 
     def run(self, code, env_vars, control):
         """Executes one cell; yields protocol lines and `None` ticks."""

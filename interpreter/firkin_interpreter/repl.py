@@ -148,6 +148,10 @@ class ProcessRuntime:
     def apply_env(self, set_vars, unset):
         self._write(self._env_command(set_vars, unset))
 
+    def reseed(self, seed):
+        """Reseeds the process's random generator: a no-op here, as node's Math.random cannot
+        be reseeded; bash overrides it."""
+
     # -- execution -----------------------------------------------------------------------------
 
     def run(self, code, env_vars, control):

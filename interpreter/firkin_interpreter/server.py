@@ -9,8 +9,11 @@ Built on `http.server.ThreadingHTTPServer` (one thread per connection, keep-aliv
     POST   /contexts/{id}/restart  200 null
     DELETE /contexts/{id}          200 null
 
-Refusals before a stream starts are plain text (400 bad request, 404 unknown route or context,
-500 internal). Once streaming, failures are reported as `error` lines.
+Every route but `/health` first passes the access-token gate (`auth.Gate`): 401 (missing or
+wrong `X-Access-Token`) or 503 (no token published yet) with envd's JSON error body, before the
+request body is read. Other refusals before a stream starts are plain text (400 bad request,
+404 unknown route or context, 500 internal). Once streaming, failures are reported as `error`
+lines.
 """
 
 import errno
@@ -22,6 +25,7 @@ import socket
 import urllib.parse
 
 from . import mime
+from .auth import Gate, Refusal
 from .contexts import HTTPError
 
 log = logging.getLogger("firkin.http")
@@ -201,6 +205,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         path = urllib.parse.urlsplit(self.path).path.rstrip("/") or "/"
         parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/") if p]
         try:
+            self.server.gate.check(method, parts, self.headers)
+        except Refusal as e:
+            self.close_connection = True  # the body, if any, is left unread
+            log.warning("%s %s refused: %d", method, path, e.status)
+            return self._refuse_json(e.status, e.body)
+        try:
             try:
                 self._body = self._read_body()
             except HTTPError:
@@ -218,6 +228,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _refuse(self, status, message):
         try:
             self._text(status, message)
+        except OSError:
+            self.close_connection = True
+
+    def _refuse_json(self, status, body):
+        try:
+            self._json(status, body)
         except OSError:
             self.close_connection = True
 
@@ -271,7 +287,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         client = _StreamClient(self)
         try:
-            ctx.execute(code, env_vars, client, registry.envfile)
+            ctx.execute(code, env_vars, client, registry.envfile, epoch=self.server.gate.epoch)
         except Exception as e:  # the context reports its own failures; this is a last resort
             log.exception("execution failed")
             client.send(mime.error_line("InternalError", str(e), ""))
@@ -284,8 +300,9 @@ class Server(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address, registry):
+    def __init__(self, address, registry, gate=None):
         self.registry = registry
+        self.gate = gate or Gate()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)

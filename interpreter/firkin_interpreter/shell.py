@@ -79,6 +79,9 @@ class BashRuntime(ProcessRuntime):
         parts += ["export %s=%s\n" % (k, _quote(v)) for k, v in set_vars.items() if _NAME.match(k)]
         return "".join(parts)
 
+    def reseed(self, seed):
+        self._write("RANDOM=%d\n" % int.from_bytes(seed[:4], "little"))
+
     def _submit(self, code, env_vars, token):
         self._marks = {}
         path = os.path.join(self.dir, "cell-%s.sh" % token)

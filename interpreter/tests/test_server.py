@@ -1,7 +1,8 @@
 """Host-side tests of the code-interpreter server (firkin_interpreter) over real HTTP.
 
 The server runs as a subprocess of this interpreter on a free loopback port, with its kernel
-directory, env file and default cwd in a temporary directory. Skipped when jupyter_client or
+directory, env file, access-token file (empty, i.e. no token, except in the token tests) and
+default cwd in a temporary directory. Skipped when jupyter_client or
 ipykernel (or httpx) is not importable. JavaScript tests need `node`, which they skip without.
 Everything shares one server, so the whole file stays well under a minute.
 """
@@ -39,6 +40,7 @@ import httpx  # noqa: E402
 PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_NODE = shutil.which("node") is not None
 HAS_SCIENCE = _server_has("numpy", "pandas", "matplotlib")
+HAS_NUMPY = _server_has("numpy")
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,7 +60,9 @@ def server(tmp_path_factory):
         "PYTHONPATH": PKG_PARENT,
         "FIRKIN_KERNEL_DIR": str(tmp / "kernels"),
         "FIRKIN_ENVS_FILE": str(tmp / "envs.json"),
+        "FIRKIN_TOKEN_FILE": str(tmp / "access-token"),
     })
+    (tmp / "access-token").write_text("")
     log = open(tmp / "server.log", "wb")
     proc = subprocess.Popen(
         [SERVER_PYTHON, "-m", "firkin_interpreter", "--port", str(port), "--host", "127.0.0.1",
@@ -80,7 +84,7 @@ def server(tmp_path_factory):
         proc.kill()
         log.close()
         pytest.fail("server not healthy: %s" % (tmp / "server.log").read_text()[-3000:])
-    yield {"url": base, "tmp": tmp, "envs": tmp / "envs.json"}
+    yield {"url": base, "tmp": tmp, "envs": tmp / "envs.json", "token": tmp / "access-token"}
     proc.terminate()
     try:
         proc.wait(timeout=10)
@@ -90,12 +94,12 @@ def server(tmp_path_factory):
 
 
 def execute(server, code, context_id=None, language=None, env_vars=None, timeout=20.0,
-            timed=False):
+            timed=False, headers=None):
     """Runs a cell; returns its NDJSON objects (or (seconds, object) pairs when timed)."""
     body = {"code": code, "context_id": context_id, "language": language, "env_vars": env_vars}
     start = time.monotonic()
     out = []
-    with httpx.stream("POST", server["url"] + "/execute", json=body,
+    with httpx.stream("POST", server["url"] + "/execute", json=body, headers=headers,
                       timeout=httpx.Timeout(timeout, connect=5)) as r:
         if r.status_code != 200:
             r.read()
@@ -285,6 +289,142 @@ def test_contexts_lifecycle(server):
     assert httpx.post(server["url"] + "/contexts/nope/restart").status_code == 404
     r = httpx.post(server["url"] + "/contexts", json={"language": "cobol"})
     assert r.status_code == 400
+
+
+# -- The access token and reseeding -----------------------------------------------------------
+
+
+def publish_token(server, token):
+    """Replaces the token file as the agent does at /init: temp file + rename (a new inode)."""
+    path = server["token"]
+    tmp = path.with_name(".access-token.tmp")
+    tmp.write_text(token)
+    os.replace(tmp, path)
+
+
+@pytest.fixture
+def token(server):
+    """Sets a token for one test (`token(value)`); the sandbox is token-less again after it."""
+    yield lambda value: publish_token(server, value)
+    publish_token(server, "")
+
+
+def test_token_is_required(server, token, tmp_path):
+    marker = tmp_path / "ran"
+    code = "open(%r, 'w').write('x'); 'ran'" % str(marker)
+    token("s3cret-1")
+    url = server["url"]
+    assert httpx.get(url + "/health").status_code == 200  # open: the build's ready check
+    for headers in (None, {"X-Access-Token": "wrong"}, {"X-Access-Token": "s3cret-12"}):
+        status, text = execute(server, code, headers=headers)
+        assert status == 401 and json.loads(text) == {
+            "code": 401, "message": "unauthorized access, invalid or missing access token"}
+    assert not marker.exists(), "a refused request ran its code"
+    assert main_text(execute(server, code, headers={"x-access-token": "s3cret-1"})) == "ran"
+    # The pinned SDK lists, creates, restarts and removes contexts without the token: allowed
+    # in the default mode; a wrong token is refused everywhere.
+    assert httpx.get(url + "/contexts").status_code == 200
+    assert httpx.get(url + "/contexts", headers={"X-Access-Token": "no"}).status_code == 401
+    ok = httpx.get(url + "/contexts", headers={"X-Access-Token": "s3cret-1"})
+    assert ok.status_code == 200 and ok.json()
+    # A new token (a restored sandbox re-initialised) replaces the old one at once.
+    token("s3cret-2")
+    assert execute(server, "1", headers={"X-Access-Token": "s3cret-1"})[0] == 401
+    assert main_text(execute(server, "1", headers={"X-Access-Token": "s3cret-2"})) == "1"
+
+
+def test_no_token_file_means_not_initialised(server):
+    server["token"].unlink()
+    try:
+        assert httpx.get(server["url"] + "/health").status_code == 200
+        r = httpx.post(server["url"] + "/execute", json={"code": "1"})
+        assert r.status_code == 503 and r.json()["code"] == 503
+        assert httpx.get(server["url"] + "/contexts").status_code == 503
+    finally:
+        publish_token(server, "")
+
+
+def test_gate_modes(tmp_path):
+    sys.path.insert(0, PKG_PARENT)
+    try:
+        from firkin_interpreter.auth import Gate, Refusal, TokenFile
+    finally:
+        sys.path.remove(PKG_PARENT)
+    path = tmp_path / "token"
+    path.write_text("t0k\n")
+    files = TokenFile(str(path))
+    strict, sdk = Gate(files, "strict"), Gate(files, "sdk")
+    good, bad = {"X-Access-Token": "t0k"}, {"X-Access-Token": "t0"}
+    for gate in (strict, sdk):
+        gate.check("GET", ["health"], {})
+        gate.check("POST", ["execute"], good)
+        gate.check("DELETE", ["contexts", "abc"], good)
+        for headers in ({}, bad):
+            with pytest.raises(Refusal) as e:
+                gate.check("POST", ["execute"], headers)
+            assert e.value.status == 401
+        with pytest.raises(Refusal):
+            gate.check("GET", ["contexts"], bad)
+    sdk.check("GET", ["contexts"], {})
+    sdk.check("POST", ["contexts", "abc", "restart"], {})
+    with pytest.raises(Refusal):
+        strict.check("GET", ["contexts"], {})
+    with pytest.raises(Refusal):
+        sdk.check("POST", ["health"], {})  # only GET/HEAD /health is open
+    # The epoch moves when the token changes, not when the file is merely rewritten.
+    epoch = files.epoch
+    path.write_text("t0k\n")
+    sdk.check("POST", ["execute"], good)
+    assert files.epoch == epoch
+    path.write_text("other")
+    sdk.check("POST", ["execute"], {"X-Access-Token": "other"})
+    assert files.epoch == epoch + 1
+    path.write_text("")
+    sdk.check("POST", ["execute"], {})  # an empty token: no token required
+    path.unlink()
+    with pytest.raises(Refusal) as e:
+        sdk.check("POST", ["execute"], good)
+    assert e.value.status == 503
+    with pytest.raises(ValueError):
+        Gate(files, "lax")
+
+
+def test_new_token_reseeds_kernels(server, token):
+    # Same identity: a seeded stream continues (so what the test sees below is the reseed).
+    execute(server, "import random; random.seed(42)")
+    assert main_text(execute(server, "random.random()")) == repr(0.6394267984578837)
+    seed = "import random; random.seed(42)"
+    if HAS_NUMPY:
+        seed += "\nimport numpy; numpy.random.seed(42)"
+    before = execute(server, seed)
+    assert not errors(before)
+    token("identity-2")
+    headers = {"X-Access-Token": "identity-2"}
+    code = "print(random.random())"
+    if HAS_NUMPY:
+        code += "\nprint(numpy.random.rand())"
+    lines = execute(server, code, headers=headers)
+    # Silent: no output but the cell's own, and the execution count moves by one.
+    assert [l["type"] for l in lines] == ["number_of_executions", "stdout", "end_of_execution"]
+    assert lines[0]["execution_count"] == before[0]["execution_count"] + 1
+    values = stdout(lines).split()
+    assert values[0] != repr(0.6394267984578837)
+    if HAS_NUMPY:
+        assert values[1] != repr(0.3745401188473625)
+    # The new identity reseeds once: a seed set now holds.
+    execute(server, seed, headers=headers)
+    assert stdout(execute(server, code, headers=headers)).split()[0] == repr(0.6394267984578837)
+
+
+def test_new_token_reseeds_bash(server, token):
+    first = subprocess.run(["bash", "-c", "RANDOM=7; echo $RANDOM"], capture_output=True,
+                           text=True).stdout.strip()
+    execute(server, "true", language="bash")  # the first run reseeds; then seed explicitly
+    execute(server, "RANDOM=7", language="bash")
+    token("identity-bash")
+    lines = execute(server, "echo $RANDOM", language="bash",
+                    headers={"X-Access-Token": "identity-bash"})
+    assert stdout(lines).strip() != first
 
 
 # -- JavaScript and Bash ----------------------------------------------------------------------
