@@ -9,7 +9,8 @@
 //! (Connect framing and error codes), `json` (proto3 JSON value rules), `http_error` (plain-HTTP
 //! error body), `listener` (accept and connection threads; nothing in epoll), `portforward`
 //! (loopback-only servers reachable from outside), `reaper` (the single `waitpid` owner, see its
-//! docs for the PID-1 design), `sudo/*` (agent-mediated sudo: the `/usr/bin/sudo` link, the
+//! docs for the PID-1 design), `oom/*` (the sandbox's OOM killer: the memory watchdog thread,
+//! `/proc` parsing, victim selection), `sudo/*` (agent-mediated sudo: the `/usr/bin/sudo` link, the
 //! client this binary becomes when invoked as `sudo`, the sudo socket's server, option parsing,
 //! environment, wire format), `user`, `paths`.
 //!
@@ -27,6 +28,7 @@ mod init;
 mod json;
 mod listener;
 mod metrics;
+mod oom;
 mod paths;
 mod portforward;
 mod process;
@@ -58,6 +60,11 @@ struct Args {
     /// on a host never touches the host's sudo.
     #[arg(long, env = "FIRKIN_AGENT_SUDO_LINK")]
     sudo_link: Option<PathBuf>,
+
+    /// The sandbox's memory in MiB (set by the host's OCI spec). As PID 1 of a sandbox, the
+    /// agent then kills the largest process when the sandbox runs out of it (`oom`).
+    #[arg(long, env = oom::MEMORY_ENV)]
+    memory_mb: Option<u32>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,12 +89,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     tokio::spawn(reaper.clone().run());
     let state = app::AppState::new(reaper.clone());
     let config = state.config.clone();
+    let processes = state.processes.clone();
     let app = app::router(state);
     // First, so that a second agent started by mistake fails here before touching sudo.
     let listener = listener::BlockingAcceptListener::bind(args.listen)?;
     let sudo_link = args.sudo_link.or_else(|| (std::process::id() == 1).then(|| sudo::SUDO_PATH.into()));
     sudo::start(&args.sudo_socket, sudo_link.as_deref(), reaper, config);
     portforward::start();
+    oom::start(args.memory_mb, move || processes.start_pid());
     tracing::info!(addr = %args.listen, pid = std::process::id(), "firkin-agent listening");
     axum::serve(listener, app).await?;
     Ok(())

@@ -129,6 +129,12 @@ impl ProcessService {
         self.table.start_exit()
     }
 
+    /// Pid of the template's start command while it runs.
+    pub fn start_pid(&self) -> Option<u32> {
+        let selector = messages::Selector { pid: None, tag: Some(firkin_wire::agent::START_TAG.into()) };
+        self.table.find_live(&selector).map(|e| e.pid)
+    }
+
     fn live(&self, selector: &messages::Selector) -> Result<Arc<ProcessEntry>, ProcessError> {
         if selector.pid.is_none() && selector.tag.is_none() {
             return Err(ProcessError::NoSelector);
