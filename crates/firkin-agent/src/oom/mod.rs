@@ -117,33 +117,40 @@ pub fn next_sample_in(limits: &Limits, used: u64) -> Duration {
 
 /// Tracks the release of a victim's memory, one sample ([`RELEASE_POLL`]) at a time.
 ///
-/// The sentry frees a killed process's memory some 45-55 ms after the process is gone
-/// (measured with 300 and 450 MiB victims; the zombie appears after 3 ms), in steps with
-/// pauses between them. Sampling again before the release is over finds the sandbox still
-/// above its threshold and kills a second, innocent process (seen: a 4 MiB `sleep` after a
-/// 1.5 GiB hog). The release is over when the sandbox is under its threshold; or when use,
-/// having fallen, has not fallen for [`RELEASE_SETTLED`] samples (another process may be
-/// growing meanwhile: then it is that one's turn); or when it has not fallen at all within
-/// [`RELEASE_NONE`] samples (the victim held little).
+/// The sentry frees a killed process's memory well after the process is gone (the zombie
+/// appears after 3-9 ms; use drops after 45-55 ms for 300-450 MiB victims in an idle sandbox,
+/// 88-160 ms for 300-850 MiB ones in a code-interpreter sandbox). Deciding again before that
+/// finds the sandbox still above its threshold and kills a second, innocent process (seen: a
+/// 4 MiB `sleep` after a 1.5 GiB hog; the code-interpreter server 60 ms after its 1 GiB kernel,
+/// when a small unrelated drop was taken for the release). The release has begun once use fell
+/// by a quarter of what the victim could hold (its resident set, but no more than was in use:
+/// gVisor counts whole mapped ranges as resident); it is over when the sandbox is under its
+/// threshold, or when, having begun, use has not fallen for [`RELEASE_SETTLED`] samples (another
+/// process may be growing meanwhile: then it is that one's turn), or when it has not begun
+/// within [`RELEASE_NONE`] samples (the victim held less than it seemed).
 #[derive(Debug, Clone, Copy)]
 pub struct Release {
+    at_kill: u64,
+    expected: u64,
     last: u64,
-    fell: bool,
+    begun: bool,
     samples: u32,
     still: u32,
 }
 
-/// Least drop between two samples that counts as memory being released.
+/// Least drop between two samples that counts as memory still being released.
 const RELEASE_STEP: u64 = MIB;
-/// Samples without a drop, after one, that end a release (30 ms).
+/// Samples without a drop, once the release has begun, that end it (30 ms).
 const RELEASE_SETTLED: u32 = 3;
-/// Samples without any drop that end the wait for one (120 ms, twice the time measured).
-const RELEASE_NONE: u32 = 12;
+/// Samples after which a release that has not begun is given up (300 ms, about twice the
+/// slowest measured).
+const RELEASE_NONE: u32 = 30;
 
 impl Release {
-    /// Starts tracking at `used_at_kill` bytes.
-    pub fn new(used_at_kill: u64) -> Self {
-        Self { last: used_at_kill, fell: false, samples: 0, still: 0 }
+    /// Starts tracking a victim with `victim_rss` bytes resident, killed at `used_at_kill`.
+    pub fn new(used_at_kill: u64, victim_rss: u64) -> Self {
+        let expected = victim_rss.min(used_at_kill);
+        Self { at_kill: used_at_kill, expected, last: used_at_kill, begun: false, samples: 0, still: 0 }
     }
 
     /// Takes the next sample; `true` once the release is over.
@@ -152,18 +159,14 @@ impl Release {
             return true;
         }
         self.samples += 1;
-        if now + RELEASE_STEP <= self.last {
-            self.fell = true;
-            self.still = 0;
-        } else {
-            self.still += 1;
-        }
+        let falling = now + RELEASE_STEP <= self.last;
         self.last = now;
-        if self.fell {
-            self.still >= RELEASE_SETTLED
-        } else {
-            self.samples >= RELEASE_NONE
+        if !self.begun {
+            self.begun = self.at_kill.saturating_sub(now) >= self.expected / 4;
+            return !self.begun && self.samples >= RELEASE_NONE;
         }
+        self.still = if falling { 0 } else { self.still + 1 };
+        self.still >= RELEASE_SETTLED
     }
 }
 
@@ -290,7 +293,7 @@ impl Watchdog {
             Ok(()) => {}
             Err(nix::Error::ESRCH) => {
                 // It ended meanwhile: its memory is being released all the same.
-                self.await_release(used);
+                self.await_release(used, victim.rss);
                 return Duration::ZERO;
             }
             Err(source) => {
@@ -312,14 +315,14 @@ impl Watchdog {
             limit_mib = self.limits.limit / MIB,
             "out of memory: killed the sandbox's largest process"
         );
-        self.await_release(used);
+        self.await_release(used, victim.rss);
         Duration::ZERO
     }
 
     /// Waits (at most [`RELEASE_WAIT`]) until the victim's memory is released (see [`Release`]).
-    fn await_release(&mut self, used_at_kill: u64) {
+    fn await_release(&mut self, used_at_kill: u64, victim_rss: u64) {
         let deadline = Instant::now() + RELEASE_WAIT;
-        let mut release = Release::new(used_at_kill);
+        let mut release = Release::new(used_at_kill, victim_rss);
         while Instant::now() < deadline {
             std::thread::sleep(RELEASE_POLL);
             match self.sample() {
@@ -375,18 +378,25 @@ mod tests {
     fn release_is_over_under_the_threshold_or_when_use_stops_falling() {
         let l = Limits::for_memory_mb(512).unwrap();
         let over = |r: &mut Release, mib: &[u64]| mib.iter().map(|m| r.over(&l, m * MIB)).collect::<Vec<_>>();
-        // Freed in two steps with a pause between them: not over at the pause.
-        let mut r = Release::new(720 * MIB);
-        assert_eq!(over(&mut r, &[720, 640, 640, 640, 560, 560, 560]), [false; 7]);
-        assert!(r.over(&l, 560 * MIB), "three samples without a drop after one: over, still above");
-        assert!(Release::new(600 * MIB).over(&l, 300 * MIB), "under the threshold at once");
+        assert!(Release::new(600 * MIB, 500 * MIB).over(&l, 300 * MIB), "under the threshold at once");
+        // A 1.5 GiB hog (as gVisor counts it) killed at 720 MiB, freed in two steps with a pause
+        // between them: not over at the pause; over, still above, once it stopped falling.
+        let mut r = Release::new(720 * MIB, 1500 * MIB);
+        assert_eq!(over(&mut r, &[720, 620, 620, 620, 520, 520, 520]), [false; 7]);
+        assert!(r.over(&l, 520 * MIB));
+        // A small unrelated drop is not the release of a 1 GiB victim.
+        let l1 = Limits::for_memory_mb(1024).unwrap();
+        let mut r = Release::new(1089 * MIB, 1088 * MIB);
+        let seen: Vec<bool> = [1085, 1085, 1085, 1085, 1085].iter().map(|m| r.over(&l1, m * MIB)).collect();
+        assert_eq!(seen, [false; 5]);
+        assert!(r.over(&l1, 100 * MIB));
         // Another hog grows while the victim's memory is released: its turn once that is done.
-        let mut r = Release::new(600 * MIB);
-        assert_eq!(over(&mut r, &[610, 530, 540, 550, 560]), [false, false, false, false, true]);
-        // A victim that held little: no drop within 12 samples.
-        let mut r = Release::new(600 * MIB);
-        assert_eq!(over(&mut r, &[600; 11]), [false; 11]);
-        assert!(r.over(&l, 600 * MIB));
+        let mut r = Release::new(700 * MIB, 813 * MIB);
+        assert_eq!(over(&mut r, &[710, 520, 530, 540, 550]), [false, false, false, false, true]);
+        // A victim that held less than it seemed: given up after 30 samples.
+        let mut r = Release::new(600 * MIB, 400 * MIB);
+        assert_eq!(over(&mut r, &[590; 29]), [false; 29]);
+        assert!(r.over(&l, 590 * MIB));
     }
 
     #[test]
