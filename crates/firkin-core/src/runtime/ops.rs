@@ -227,7 +227,9 @@ impl Runtime {
                 m.cpu_used_pct =
                     crate::engine::cgroup::cpu_percent(before.cpu_ns, after.cpu_ns, wall, rec.cpu_count);
                 m.mem_used = after.memory_bytes;
-                m.mem_total = after.memory_limit.unwrap_or(u64::from(rec.memory_mb) << 20);
+                // The sandbox's memory, not the host cgroup's limit: that one has headroom
+                // above it as a backstop for the agent's own OOM killer.
+                m.mem_total = u64::from(rec.memory_mb) << 20;
             }
         }
         Ok(m)

@@ -67,6 +67,7 @@ async fn kill_releases_capacity_and_slot_even_when_destroy_fails() {
     let (rt, dir) = runtime(16, engine.clone());
     agents(16, 8).await;
     let rec = rt.create(req()).await.unwrap();
+    rt.drain_teardowns().await; // the template build's sandbox and probe, before destroy fails
     *engine.fail_destroy.lock().unwrap() = true;
     rt.kill_and_wait(rec.id.as_str()).await.unwrap();
     assert!(rt.route(rec.id.as_str()).is_none());
