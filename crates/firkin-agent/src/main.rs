@@ -4,7 +4,7 @@
 //!
 //! Layout: `app` (route table, handler state), `context` (what the handlers share: sandbox
 //! config, request user, RPC call context), `auth` (token gate), `init` (`/init`, `/health`,
-//! `/envs`), `rpc` (method dispatch), `process/*` (spawn, pty, registry, exit mapping),
+//! `/envs`), `rpc` (method dispatch), `process/*` (spawn, pty, registry, exit mapping, sink),
 //! `filesystem/*` (EntryInfo, xattrs, watchers), `files` (`/files`), `metrics`, `connect`
 //! (Connect framing and error codes), `json` (proto3 JSON value rules), `http_error` (plain-HTTP
 //! error body), `listener` (accept and connection threads; nothing in epoll), `portforward`

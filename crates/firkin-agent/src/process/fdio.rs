@@ -57,7 +57,11 @@ impl FdReader {
     pub fn new(fd: OwnedFd) -> io::Result<Self> {
         set_nonblocking(&fd)?;
         let (tx, rx) = mpsc::channel(4);
-        std::thread::Builder::new().name("fd-reader".into()).spawn(move || read_loop(&fd, &tx))?;
+        std::thread::Builder::new().name("fd-reader".into()).spawn(move || {
+            if read_loop(&fd, &tx) == Ending::Abandoned {
+                super::sink::hand_over(fd);
+            }
+        })?;
         Ok(Self { rx: tokio::sync::Mutex::new(rx) })
     }
 
@@ -68,19 +72,29 @@ impl FdReader {
     }
 }
 
-/// Runs until end of file, an error, or the [`FdReader`] is dropped; then closes `fd`.
-fn read_loop(fd: &OwnedFd, tx: &mpsc::Sender<Chunk>) {
+/// How a reader's thread ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ending {
+    /// End of file or an error: the descriptor is done.
+    Done,
+    /// The [`FdReader`] was dropped while a writer may still hold the other end.
+    Abandoned,
+}
+
+/// Runs until end of file, an error, or the [`FdReader`] is dropped. An abandoned descriptor
+/// goes to [`super::sink`] rather than being closed, so late writers do not die of SIGPIPE.
+fn read_loop(fd: &OwnedFd, tx: &mpsc::Sender<Chunk>) -> Ending {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         if tx.is_closed() {
-            return;
+            return Ending::Abandoned;
         }
         match wait_ready(fd.as_raw_fd(), libc::POLLIN) {
             Ok(true) => {}
             Ok(false) => continue,
             Err(e) => {
                 let _ = tx.blocking_send(Err(e));
-                return;
+                return Ending::Done;
             }
         }
         let chunk = match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
@@ -90,8 +104,12 @@ fn read_loop(fd: &OwnedFd, tx: &mpsc::Sender<Chunk>) {
             Err(e) => Err(io::Error::from(e)),
         };
         let last = !matches!(chunk, Ok(Some(_)));
-        if tx.blocking_send(chunk).is_err() || last {
-            return;
+        if last {
+            let _ = tx.blocking_send(chunk);
+            return Ending::Done;
+        }
+        if tx.blocking_send(chunk).is_err() {
+            return Ending::Abandoned;
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod fdio;
 pub mod messages;
 pub mod pty;
 pub mod registry;
+pub mod sink;
 pub mod spawn;
 
 use std::path::PathBuf;

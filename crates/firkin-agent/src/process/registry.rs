@@ -27,7 +27,8 @@ const EXITED_KEEP_FOR: Duration = Duration::from_secs(600);
 /// Messages queued per attached stream before chunks are dropped for it.
 const SUBSCRIBER_QUEUE: usize = 1024;
 /// After the child exits, keep forwarding output (from descendants still holding the pipes)
-/// until it has been quiet this long, or for at most [`DRAIN_MAX`].
+/// until it has been quiet this long, or for at most [`DRAIN_MAX`]; what they write after that
+/// is read and discarded by [`super::sink`].
 const DRAIN_IDLE: Duration = Duration::from_millis(200);
 const DRAIN_MAX: Duration = Duration::from_secs(2);
 
