@@ -43,6 +43,14 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
+    #[error("error starting process '{cmd}': {source}: user '{user}' is at its process limit ({limit})")]
+    ProcessLimit {
+        cmd: String,
+        user: String,
+        limit: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("setting up i/o of process {pid}: {source}")]
     Io {
         pid: u32,
@@ -81,11 +89,43 @@ impl ProcessError {
             ProcessError::Input(InputError::StdinClosed(_) | InputError::NoPty(_)) => {
                 Code::FailedPrecondition
             }
+            ProcessError::ProcessLimit { .. } => Code::ResourceExhausted,
+            ProcessError::Spawn { source, .. } | ProcessError::Io { source, .. } if exhausted(source) => {
+                Code::ResourceExhausted
+            }
             ProcessError::Spawn { .. }
             | ProcessError::Io { .. }
             | ProcessError::Input(InputError::Write { .. })
             | ProcessError::Signal { .. } => Code::Internal,
         }
+    }
+
+    /// The error of a failed spawn of `cmd` as `user`. A fork refused with EAGAIN is the user's
+    /// process limit (the spawn is charged to that user, see `spawn::spawn`), said so by name.
+    fn spawn(cmd: &str, user: &str, source: std::io::Error) -> Self {
+        let cmd = cmd.to_owned();
+        if source.raw_os_error() == Some(libc::EAGAIN) {
+            return ProcessError::ProcessLimit { cmd, user: user.to_owned(), limit: process_limit(), source };
+        }
+        ProcessError::Spawn { cmd, source }
+    }
+}
+
+/// Whether `e` says a resource ran out rather than that the request was wrong: as envd does, a
+/// start failing so answers `resource_exhausted` (retryable) instead of a generic error.
+fn exhausted(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOMEM | libc::EMFILE | libc::ENFILE | libc::ENOSPC))
+}
+
+/// The agent's RLIMIT_NPROC, which every process it starts inherits, as text.
+fn process_limit() -> String {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one `rlimit` through the pointer, which is valid for the call.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut limit) };
+    match (rc, limit.rlim_cur) {
+        (0, libc::RLIM_INFINITY) => "unlimited".into(),
+        (0, n) => format!("{n} processes and threads"),
+        _ => "RLIMIT_NPROC".into(),
     }
 }
 
@@ -173,7 +213,7 @@ impl ProcessService {
             stdio,
         };
         let spawned = spawn::spawn(&self.reaper, &spec)
-            .map_err(|source| ProcessError::Spawn { cmd: req.process.cmd.clone(), source })?;
+            .map_err(|source| ProcessError::spawn(&req.process.cmd, &user.name, source))?;
         let pid = spawned.pid;
         let io_err = |source| ProcessError::Io { pid, source };
 

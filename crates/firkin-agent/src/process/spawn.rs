@@ -96,11 +96,64 @@ impl Credentials {
         Some(Credentials { uid: user.uid, gid: user.gid, groups: user.groups() })
     }
 
+    /// Makes the fork count against the target user's process limit for as long as the guard
+    /// lives (see [`ChargeToUser`]); nothing to do for root.
+    fn charge_fork(&self) -> io::Result<Option<ChargeToUser>> {
+        if self.uid.is_root() {
+            return Ok(None);
+        }
+        ChargeToUser::set(self.uid).map(Some)
+    }
+
     /// Async-signal-safe: only raw syscalls, no allocation.
     fn apply(&self) -> io::Result<()> {
         nix::unistd::setgroups(&self.groups).map_err(io::Error::from)?;
         nix::unistd::setgid(self.gid).map_err(io::Error::from)?;
         nix::unistd::setuid(self.uid).map_err(io::Error::from)?;
+        Ok(())
+    }
+}
+
+/// While alive, the calling thread's real uid is the child's user (effective and saved uid stay
+/// root, so its capabilities are untouched).
+///
+/// Why: the kernel charges a new process to the *real* uid of the thread that forks it, and
+/// refuses the fork with EAGAIN when that user is at RLIMIT_NPROC. Forked by root, a user's
+/// command was charged to root and setuid moved nothing (gVisor's setuid does not check the
+/// limit, and Linux only fails the later execve), so a spawn for a user at its limit succeeded
+/// and the command's own shell then retried its forks for 15 s each: commands hung instead of
+/// failing. Charged to the user, the spawn fails at once, as envd's does, and the count is
+/// right for the child's life.
+///
+/// Only this thread changes (the raw syscall, not libc's `setresuid`, which changes every
+/// thread of the process); the spawn runs synchronously on it between `set` and `drop`.
+struct ChargeToUser;
+
+impl ChargeToUser {
+    fn set(uid: Uid) -> io::Result<Self> {
+        set_thread_real_uid(uid.as_raw())?;
+        Ok(ChargeToUser)
+    }
+}
+
+impl Drop for ChargeToUser {
+    fn drop(&mut self) {
+        // Cannot fail: the effective uid is still root, with CAP_SETUID.
+        if let Err(e) = set_thread_real_uid(0) {
+            tracing::error!("restoring the spawning thread's real uid: {e}");
+        }
+    }
+}
+
+/// `setresuid(uid, -1, -1)` for the calling thread only.
+fn set_thread_real_uid(uid: libc::uid_t) -> io::Result<()> {
+    // -1: leave the effective and saved uids as they are.
+    let keep = libc::uid_t::MAX;
+    // SAFETY: setresuid takes three integers and touches no memory of ours.
+    let rc = unsafe { libc::syscall(libc::SYS_setresuid, uid, keep, keep) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
         Ok(())
     }
 }
@@ -118,21 +171,24 @@ fn build_command(spec: &SpawnSpec<'_>) -> Command {
 pub fn spawn(reaper: &Reaper, spec: &SpawnSpec<'_>) -> io::Result<Spawned> {
     let creds = Credentials::for_user(spec.user);
     let mut command = build_command(spec);
-    let (pid, ends, exit) = reaper.spawn(|| match &spec.stdio {
-        ChildStdio::Pty { cols, rows } => fork_in_pty(&mut command, creds, *cols, *rows),
-        ChildStdio::Pipes { stdin } => {
-            command
-                .stdin(if *stdin { Stdio::piped() } else { Stdio::null() })
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            fork_in_group(&mut command, creds)
-        }
-        ChildStdio::Given([stdin, stdout, stderr]) => {
-            command
-                .stdin(Stdio::from(stdin.try_clone()?))
-                .stdout(Stdio::from(stdout.try_clone()?))
-                .stderr(Stdio::from(stderr.try_clone()?));
-            fork_in_group(&mut command, creds)
+    let (pid, ends, exit) = reaper.spawn(|| {
+        let _charge = creds.as_ref().map(Credentials::charge_fork).transpose()?.flatten();
+        match &spec.stdio {
+            ChildStdio::Pty { cols, rows } => fork_in_pty(&mut command, creds, *cols, *rows),
+            ChildStdio::Pipes { stdin } => {
+                command
+                    .stdin(if *stdin { Stdio::piped() } else { Stdio::null() })
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                fork_in_group(&mut command, creds)
+            }
+            ChildStdio::Given([stdin, stdout, stderr]) => {
+                command
+                    .stdin(Stdio::from(stdin.try_clone()?))
+                    .stdout(Stdio::from(stdout.try_clone()?))
+                    .stderr(Stdio::from(stderr.try_clone()?));
+                fork_in_group(&mut command, creds)
+            }
         }
     })?;
     let ParentEnds { stdin, stdout, stderr, pty_master } = ends;
@@ -198,6 +254,34 @@ pub fn is_dir(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_charge_changes_only_this_threads_real_uid_and_is_undone() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // only root may change its real uid
+        }
+        let real_uid = || nix::unistd::getresuid().map(|ids| ids.real.as_raw()).unwrap();
+        let (ask, asked) = std::sync::mpsc::channel::<()>();
+        let (tell, told) = std::sync::mpsc::channel();
+        // Started before the charge, so it does not inherit the changed credentials.
+        let other = std::thread::spawn(move || {
+            while asked.recv().is_ok() {
+                tell.send(real_uid()).unwrap();
+            }
+        });
+        std::thread::spawn(move || {
+            let charge = ChargeToUser::set(Uid::from_raw(1000)).unwrap();
+            let ids = nix::unistd::getresuid().unwrap();
+            assert_eq!((ids.real.as_raw(), ids.effective.as_raw(), ids.saved.as_raw()), (1000, 0, 0));
+            ask.send(()).unwrap();
+            assert_eq!(told.recv().unwrap(), 0, "another thread of the process is untouched");
+            drop(charge);
+            assert_eq!(real_uid(), 0);
+        })
+        .join()
+        .unwrap();
+        other.join().unwrap();
+    }
 
     #[test]
     fn env_layers_later_wins() {
