@@ -15,7 +15,8 @@
 //! environment, wire format), `user`, `paths`.
 //!
 //! Run on a host for testing (as root, so user switching works):
-//! `firkin-agent --listen 127.0.0.1:53983`, then `POST /init` with an `InitRequest`.
+//! `firkin-agent --listen 127.0.0.1:53983`, then `POST /init` with an `InitRequest`. Localhost
+//! port forwarding stays off there unless `--forward-localhost` asks for it.
 
 mod app;
 mod auth;
@@ -61,6 +62,12 @@ struct Args {
     #[arg(long, env = "FIRKIN_AGENT_SUDO_LINK")]
     sudo_link: Option<PathBuf>,
 
+    /// Forward loopback-only ports to the external address (`portforward`) even when not PID 1.
+    /// Inside a sandbox (PID 1) it always does; on a host it would publish the host's
+    /// loopback-only services on the host's addresses, so there it does only when asked.
+    #[arg(long, env = "FIRKIN_AGENT_FORWARD_LOCALHOST")]
+    forward_localhost: bool,
+
     /// The sandbox's memory in MiB (set by the host's OCI spec). As PID 1 of a sandbox, the
     /// agent then kills the largest process when the sandbox runs out of it (`oom`).
     #[arg(long, env = oom::MEMORY_ENV)]
@@ -95,7 +102,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = listener::BlockingAcceptListener::bind(args.listen)?;
     let sudo_link = args.sudo_link.or_else(|| (std::process::id() == 1).then(|| sudo::SUDO_PATH.into()));
     sudo::start(&args.sudo_socket, sudo_link.as_deref(), reaper, config);
-    portforward::start();
+    portforward::start(args.forward_localhost);
     oom::start(args.memory_mb, move || processes.start_pid());
     tracing::info!(addr = %args.listen, pid = std::process::id(), "firkin-agent listening");
     axum::serve(listener, app).await?;

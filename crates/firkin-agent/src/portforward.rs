@@ -7,6 +7,10 @@
 //!
 //! Like the envd listener (`crate::listener`), forwarders use blocking sockets on their own
 //! threads and never touch tokio's epoll, so a checkpoint can be taken at any time.
+//!
+//! Only inside a sandbox, where the agent is PID 1 of its own network namespace, or when asked
+//! explicitly: an agent run on a host for testing would otherwise publish every loopback-only
+//! service of the host (databases, admin ports) on the host's external address.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read, Write};
@@ -102,8 +106,17 @@ struct Forwarder {
     stop: Arc<AtomicBool>,
 }
 
-/// Starts the scanner thread.
-pub fn start() {
+/// Whether to forward: as PID 1 (inside a sandbox), or when `forced`.
+fn enabled(pid: u32, forced: bool) -> bool {
+    pid == 1 || forced
+}
+
+/// Starts the scanner thread if [`enabled`]; `forced` is the agent's `--forward-localhost`.
+pub fn start(forced: bool) {
+    if !enabled(std::process::id(), forced) {
+        tracing::info!("not PID 1: localhost port forwarding is off (--forward-localhost turns it on)");
+        return;
+    }
     let spawned = std::thread::Builder::new().name("portforward".into()).spawn(|| {
         let mut running: HashMap<u16, Forwarder> = HashMap::new();
         loop {
@@ -215,6 +228,13 @@ fn pump(mut from: TcpStream, mut to: TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwards_only_as_pid_1_or_when_asked() {
+        assert!(enabled(1, false), "inside a sandbox, as before");
+        assert!(!enabled(4242, false), "an agent on a host must not publish the host's loopback");
+        assert!(enabled(4242, true));
+    }
 
     const TCP: &str =
         "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
