@@ -85,7 +85,7 @@ impl RunscEngine {
     fn run_once(&self, spec: &BootSpec, mode: LaunchMode, image: Option<&Path>) -> Result<(), String> {
         let filestore = self.disks.mount_dir(&spec.id);
         let log_path = spec.run_dir.join("sandbox.log");
-        let log = File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+        let log = open_log(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
         let log_err = log.try_clone().map_err(|e| e.to_string())?;
         let status = self
             .base_command(mode)
@@ -272,6 +272,18 @@ impl Engine for RunscEngine {
             self.launch_mode()
         )
     }
+}
+
+/// The sandbox's log (PID 1's stdout and stderr, and runsc's), empty, opened for appending.
+///
+/// Why `O_APPEND`: the runtime cuts a log that outgrows its cap (`runtime::heartbeat`), and
+/// every writer must then carry on at the new end. Without it, writers keep their own offsets:
+/// the file stays as large as before (a hole up to where they write), and a restored sandbox
+/// writes at the offset saved in its checkpoint (its new log began with that many NUL bytes).
+fn open_log(path: &Path) -> std::io::Result<File> {
+    let log = fs::OpenOptions::new().create(true).append(true).open(path)?;
+    log.set_len(0)?; // std refuses truncate together with append
+    Ok(log)
 }
 
 /// Number of live runsc CLI commands (not the long-lived `runsc-sandbox`/`runsc-gofer`

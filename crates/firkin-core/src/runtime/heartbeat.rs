@@ -3,7 +3,10 @@
 //! unix time of the last answer). A sandbox whose agent has not answered for `stuck_after` is
 //! stuck (its sentry hung, its processes stopped from outside, its network gone): it is killed
 //! and everything it held is released. The same probe reports when a template's start command
-//! has exited (see [`super::continuation`]).
+//! has exited (see [`super::continuation`]). Beside the probes, a task holds every sandbox's
+//! host log to its cap ([`logcap`]).
+
+mod logcap;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -29,6 +32,10 @@ impl Runtime {
     pub(super) async fn heartbeat_loop(&self) {
         let mut last_ok: BTreeMap<SandboxId, Instant> = BTreeMap::new();
         let mut sightings: BTreeMap<String, Instant> = BTreeMap::new();
+        // Its own task: a probe round takes up to PROBE_TIMEOUT and a sweep runs runsc, and a
+        // log must not grow unchecked meanwhile.
+        let logs = self.clone();
+        tokio::spawn(async move { logs.log_cap_loop().await });
         let mut last_sweep = Instant::now();
         loop {
             tokio::time::sleep(self.heartbeat_interval()).await;
