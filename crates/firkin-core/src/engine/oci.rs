@@ -71,9 +71,11 @@ pub fn runtime_spec(spec: &BootSpec) -> Value {
             },
             "rlimits": [
                 {"type": "RLIMIT_NOFILE", "hard": 1048576u64, "soft": 1048576u64},
-                // Enforced by the sentry per user (root is exempt, as in Linux): a fork bomb
-                // of the sandbox's user gets EAGAIN and the sandbox lives on. A host pids
-                // cgroup limit would kill the whole sentry instead.
+                // Enforced by the sentry per user, charged at fork to the forking thread's real
+                // uid (the agent forks a user's command as that user). The sandbox's root lacks
+                // CAP_SYS_RESOURCE, so root counts too, the agent's own threads included. A
+                // fork bomb gets EAGAIN and the sandbox lives on; a host pids cgroup limit would
+                // kill the whole sentry instead.
                 {"type": "RLIMIT_NPROC", "hard": spec.max_processes, "soft": spec.max_processes},
             ],
             "noNewPrivileges": false,
