@@ -327,7 +327,7 @@ mod tests {
         assert_eq!(named(serde_json::json!({"network": {}, "mcp": null, "volumeMounts": []})), None);
         assert_eq!(named(serde_json::json!({"network": {"allowPublicTraffic": true, "allowOut": []}})), None);
         assert!(named(serde_json::json!({"autoPauseMemory": false})).unwrap().contains("autoPauseMemory"));
-        assert!(named(serde_json::json!({"network": {"allowOut": ["1.2.3.4"]}}))
+        assert!(named(serde_json::json!({"network": {"allowOut": ["198.18.0.10"]}}))
             .unwrap()
             .contains("allowOut"));
         // No egress at all: a deny rule holds (allow_internet_access=false sends this).
