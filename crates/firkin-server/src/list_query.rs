@@ -27,6 +27,8 @@ pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiErro
         q.limit = Some(n);
     }
     q.cursor = params.get("nextToken").filter(|t| !t.is_empty()).cloned();
+    q.started_after = params.get("startedAfter").map(|t| timestamp("startedAfter", t)).transpose()?;
+    q.started_before = params.get("startedBefore").map(|t| timestamp("startedBefore", t)).transpose()?;
     q.template = params.get("template").filter(|t| !t.is_empty()).cloned();
     match params.get("order").map(String::as_str) {
         None | Some("desc") | Some("") => {}
@@ -34,6 +36,13 @@ pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiErro
         Some(o) => return Err(ApiError::bad_request(format!("invalid order {o:?}: expected asc or desc"))),
     }
     Ok(q)
+}
+
+/// An RFC 3339 time (the SDK sends `datetime.isoformat()` of an aware time).
+fn timestamp(field: &str, value: &str) -> Result<time::OffsetDateTime, ApiError> {
+    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339).map_err(|e| {
+        ApiError::bad_request(format!("invalid {field} {value:?}: expected an RFC 3339 time ({e})"))
+    })
 }
 
 /// `metadata` arrives (after the framework's one URL decode) as a query string `k=v&k2=v2`
@@ -83,5 +92,19 @@ mod tests {
         assert_eq!(q.cursor.as_deref(), Some("x"));
         let bad: HashMap<String, String> = [("state".to_string(), "dead".to_string())].into();
         assert!(list_query(&bad).is_err());
+    }
+
+    #[test]
+    fn started_bounds_are_rfc3339_as_the_sdk_sends_them() {
+        let p: HashMap<String, String> = [
+            ("startedAfter".to_string(), "2026-11-29T14:44:00.123456+00:00".to_string()),
+            ("startedBefore".to_string(), "2026-11-29T15:44:00+01:00".to_string()),
+        ]
+        .into();
+        let q = list_query(&p).unwrap();
+        assert_eq!(q.started_after.unwrap().unix_timestamp(), 1_795_963_440);
+        assert_eq!(q.started_before.unwrap().unix_timestamp(), 1_795_963_440);
+        let bad: HashMap<String, String> = [("startedAfter".to_string(), "yesterday".to_string())].into();
+        assert!(list_query(&bad).unwrap_err().message.contains("startedAfter"));
     }
 }

@@ -20,6 +20,10 @@ pub struct ListQuery {
     pub cursor: Option<String>,
     /// Oldest first instead of newest first.
     pub ascending: bool,
+    /// Only sandboxes started at or after this time.
+    pub started_after: Option<time::OffsetDateTime>,
+    /// Only sandboxes started at or before this time.
+    pub started_before: Option<time::OffsetDateTime>,
 }
 
 /// One page of results.
@@ -55,6 +59,8 @@ pub fn paginate(records: Vec<SandboxRecord>, q: &ListQuery) -> Page {
             (q.states.is_empty() || q.states.iter().any(|s| s == name))
                 && q.template.as_ref().is_none_or(|t| &r.template_id == t)
                 && q.metadata.iter().all(|(k, v)| r.metadata.get(k) == Some(v))
+                && q.started_after.is_none_or(|t| r.started_at >= t)
+                && q.started_before.is_none_or(|t| r.started_at <= t)
         })
         .collect();
     items.sort_by_key(sort_key);
@@ -149,6 +155,16 @@ mod tests {
         assert_eq!(ids(&paginate(recs.clone(), &q)), vec!["c", "a"]);
         let q = ListQuery { states: vec!["running".into()], ..q };
         assert_eq!(ids(&paginate(recs, &q)), vec!["a"]);
+    }
+
+    #[test]
+    fn filters_by_start_time_inclusively() {
+        let recs: Vec<_> = (1..=4).map(|i| rec(&format!("s{i}"), i, SandboxState::Running, &[])).collect();
+        let at = |secs: i64| Some(OffsetDateTime::from_unix_timestamp(1_700_000_000 + secs).unwrap());
+        let q = ListQuery { started_after: at(2), ..Default::default() };
+        assert_eq!(ids(&paginate(recs.clone(), &q)), vec!["s4", "s3", "s2"]);
+        let q = ListQuery { started_before: at(3), ..q };
+        assert_eq!(ids(&paginate(recs, &q)), vec!["s3", "s2"]);
     }
 
     #[test]
