@@ -27,8 +27,9 @@ const KEEP_TAIL: u64 = 64 * 1024;
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 
 impl Runtime {
-    /// Holds the log of every sandbox in the table (running, paused, warm, being built) to
-    /// [`LOG_CAP`], forever.
+    /// Holds the log of every sandbox in the table (running, paused, being created or built) to
+    /// [`LOG_CAP`], forever. Warm-pool entries are not in the table and not checked: no caller
+    /// runs anything in them until they are checked out, and then they are.
     pub(in crate::runtime) async fn log_cap_loop(&self) {
         // Sandboxes whose log was cut already: one writing without end is reported once.
         let mut cut = BTreeSet::new();
@@ -70,7 +71,8 @@ fn cap_logs(layout: &Layout, ids: &[SandboxId], mut cut: BTreeSet<SandboxId>) ->
 /// Cuts the log at `path` down to a marker and its last lines if it is over `cap`. Returns the
 /// number of bytes dropped, `None` when the log is within the cap or does not exist.
 pub(crate) fn cap_log(path: &Path, cap: u64) -> io::Result<Option<u64>> {
-    // A stat first: this runs every second for every sandbox, and almost always finds nothing.
+    // A stat first: this runs every CHECK_EVERY for every sandbox, and almost always finds
+    // nothing.
     match std::fs::metadata(path) {
         Ok(meta) if meta.len() <= cap => return Ok(None),
         Ok(_) => {}
