@@ -169,6 +169,11 @@ impl Claim {
     /// Hands everything over to the sandbox's record: nothing is released on drop.
     pub fn commit(mut self) -> Held {
         self.committed = true;
+        self.held()
+    }
+
+    /// What the claim holds now (what its record will carry once committed).
+    pub fn held(&self) -> Held {
         Held { slot: self.h.slot, reservation: self.h.reservation }
     }
 

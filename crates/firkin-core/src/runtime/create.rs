@@ -120,7 +120,7 @@ impl Runtime {
         let op = if source.internal { Operation::TemplateBuild } else { Operation::Create };
         let want = self.footprint(size);
         let mut claim = Claim::active(self, &id, op, want).await?;
-        let held = Held { slot: claim.slot(), reservation: claim.reservation() };
+        let held = claim.held();
         self.table().insert(id.clone(), self.new_record(&id, &req, &source, size, held, timeout));
         claim.recorded();
         let plan = BootPlan {
@@ -237,7 +237,7 @@ impl Runtime {
         let WarmEntry { claim, ip, start_ended, .. } = entry;
         let mut claim = claim.now_for(Operation::Create);
         let id = claim.id().clone();
-        let held = Held { slot: claim.slot(), reservation: claim.reservation() };
+        let held = claim.held();
         let mut record = self.new_record(&id, req, source, size, held, timeout);
         record.agent_ip = ip;
         record.start_ended = start_ended;
