@@ -4,7 +4,12 @@
 # builds the release binaries, starts a real server on a free loopback port and runs the
 # SDK-compatibility suite (real `e2b` SDK, real gVisor sandboxes) against it, a server-restart
 # durability check, a kill -9 check, a short checked soak and a short bench. Exits non-zero on any failure, including sandboxes, runsc
-# processes or network namespaces left behind after the server stopped.
+# processes, network namespaces or nftables tables left behind after the server stopped.
+#
+# Egress is on in the main server, but the only internet it can reach is a fake one on this
+# machine (tests/fakenet.py: a namespace with web servers on TEST-NET addresses and a DNS server
+# that the server is told to use with --dns); its description is exported to the suite as
+# FIRKIN_FAKENET (a JSON file) and FIRKIN_FAKENET_DNS. Every other server runs with egress off.
 #
 # Environment: FIRKIN_VENV (default .venv), FIRKIN_CACHE_DIR (shared rootfs cache),
 # FIRKIN_BENCH_RUNS (default 10; 0 skips the bench), FIRKIN_SOAK_MINUTES (default 2; 0 skips
@@ -38,6 +43,13 @@ BENCH_STATE_DIR="$RUN_DIR/bench-state"
 netns_prefix() { printf 'fk-%s-' "$(printf '%s' "$1" | sha256sum | cut -c1-6)"; }
 NETNS_PREFIXES="$(netns_prefix "$FIRKIN_STATE_DIR")
 $(netns_prefix "$BENCH_STATE_DIR")"
+# nftables tables are named firkin-<owner>, the same owner.
+nft_table() { printf 'firkin-%s' "$(printf '%s' "$1" | sha256sum | cut -c1-6)"; }
+NFT_TABLES="$(nft_table "$FIRKIN_STATE_DIR")
+$(nft_table "$BENCH_STATE_DIR")"
+# The fake internet of this run (namespace fkfn-<tag>, guard table fkguard-<tag>).
+FAKENET_TAG="t$(printf '%s' "$RUN_DIR" | sha256sum | cut -c1-8)"
+FAKENET_UP=""
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 API_KEY="test-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 # Its own address range, so it never collides with a `firkin serve` already running on the host
@@ -67,9 +79,17 @@ stop_server() {
 # runsc processes and namespaces of this run only (other firkin instances may share the host).
 leftover_runsc() { pgrep -f -- "--root=$RUN_DIR/" || true; }
 leftover_netns() { ip netns list 2>/dev/null | awk '{print $1}' | grep -F -- "$NETNS_PREFIXES" || true; }
+leftover_nft() { nft list tables 2>/dev/null | awk '{print $2 " " $3}' | grep -xF -- "$(printf 'inet %s\n' $NFT_TABLES)" || true; }
+leftover_fakenet() {
+  ip netns list 2>/dev/null | awk '{print "netns " $1}' | grep -xF "netns fkfn-$FAKENET_TAG"
+  nft list tables 2>/dev/null | grep -F "fkguard-$FAKENET_TAG"
+  ip link show "fkfn-$FAKENET_TAG" 2>/dev/null | head -n 1
+  pgrep -a -f -- "fkfn-$FAKENET_TAG" | grep -v pgrep
+  true
+}
 
 cleanup() {
-  local rc=$? pids nss
+  local rc=$? pids nss tables fake
   set +e
   stop_server
   if [ "$rc" -ne 0 ] && [ -f "$LOG" ]; then
@@ -90,6 +110,23 @@ cleanup() {
     for ns in $nss; do ip netns delete "$ns" 2>/dev/null; done
     [ "$rc" -eq 0 ] && rc=1
   fi
+  tables="$(leftover_nft)"
+  echo "== leftovers after the server stopped: $(printf '%s' "$tables" | grep -c .) firkin nftables tables"
+  if [ -n "$tables" ]; then
+    printf '  table %s\n' "$tables"
+    echo "FAIL: the server left its nftables table behind; removing it"
+    printf '%s\n' "$tables" | while read -r family name; do nft delete table "$family" "$name"; done
+    [ "$rc" -eq 0 ] && rc=1
+  fi
+  if [ -n "$FAKENET_UP" ]; then
+    python3 tests/fakenet.py down --tag "$FAKENET_TAG"
+    fake="$(leftover_fakenet)"
+    if [ -n "$fake" ]; then
+      printf '  %s\n' "$fake"
+      echo "FAIL: the fake internet was not removed completely"
+      [ "$rc" -eq 0 ] && rc=1
+    fi
+  fi
   # Sandbox disks are loop mounts under state/run/disks while their sandboxes run; a stopped
   # server leaves none. Never follow a mount out of the run dir.
   if awk -v d="$RUN_DIR/" 'index($5, d) == 1 { f = 1 } END { exit !f }' /proc/self/mountinfo; then
@@ -108,7 +145,7 @@ trap 'exit 143' TERM
 
 start_server() {
   NO_COLOR=1 target/release/firkin serve --listen "127.0.0.1:$PORT" --api-key "$API_KEY" \
-    --subnet-base "$SUBNET_BASE" >>"$LOG" 2>&1 &
+    --subnet-base "$SUBNET_BASE" --egress on --dns "$FIRKIN_FAKENET_DNS" >>"$LOG" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 150); do
     if curl -fsS -o /dev/null --max-time 2 -H "X-API-KEY: $API_KEY" "http://127.0.0.1:$PORT/v2/sandboxes" 2>/dev/null; then
@@ -123,6 +160,14 @@ start_server() {
   echo "server did not answer within 30 s"
   return 1
 }
+
+step "fake internet (tests/fakenet.py, tag $FAKENET_TAG)"
+FAKENET_UP=1
+python3 tests/fakenet.py up --tag "$FAKENET_TAG" >"$RUN_DIR/fakenet.json"
+FIRKIN_FAKENET="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["description"])' "$RUN_DIR/fakenet.json")"
+FIRKIN_FAKENET_DNS="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["dns"])' "$RUN_DIR/fakenet.json")"
+export FIRKIN_FAKENET FIRKIN_FAKENET_DNS
+echo "web $(python3 -c 'import json, sys; print(*json.load(open(sys.argv[1]))["web"])' "$RUN_DIR/fakenet.json"), dns $FIRKIN_FAKENET_DNS"
 
 step "start server on 127.0.0.1:$PORT (state $FIRKIN_STATE_DIR, log $LOG)"
 start_server
@@ -190,6 +235,6 @@ fi
 if [ "${FIRKIN_BENCH_RUNS:-10}" -gt 0 ]; then
   step "bench (short run; use 'firkin bench create -n 100' for the full table)"
   # Its own state dir and address range, so it never touches the server's sandboxes.
-  FIRKIN_STATE_DIR="$BENCH_STATE_DIR" timeout 600 target/release/firkin bench create \
+  FIRKIN_STATE_DIR="$BENCH_STATE_DIR" FIRKIN_EGRESS=off timeout 600 target/release/firkin bench create \
     -n "${FIRKIN_BENCH_RUNS:-10}" --subnet-base 10.212.0.0 --out "$RUN_DIR/bench.json"
 fi

@@ -130,10 +130,13 @@ FIRKIN = os.path.join(REPO, "target", "release", "firkin")
 
 
 @contextlib.contextmanager
-def own_server(state_dir, *args, key="own-server-key", env=None, cleanup=True):
+def own_server(state_dir, *args, key="own-server-key", env=None, cleanup=True, egress=False):
     """A second real `firkin serve` (own state dir, port and subnet given in `args`), for tests
     that need other settings than the suite's server. Yields its URL; stops it (SIGTERM) after
-    and, with `cleanup`, removes the state dir's parent (a temp dir the test made)."""
+    and, with `cleanup`, removes the state dir's parent (a temp dir the test made).
+
+    Its sandboxes have no egress (FIRKIN_EGRESS=off) unless `egress=True`; then pass `--dns`
+    at the fake internet in `args` (tests never reach the real one)."""
     import signal
     import socket
     import subprocess
@@ -144,7 +147,10 @@ def own_server(state_dir, *args, key="own-server-key", env=None, cleanup=True):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    full_env = dict(os.environ, FIRKIN_STATE_DIR=state_dir, NO_COLOR="1", **(env or {}))
+    full_env = dict(os.environ, FIRKIN_STATE_DIR=state_dir, NO_COLOR="1")
+    full_env.pop("FIRKIN_DNS", None)
+    full_env["FIRKIN_EGRESS"] = "on" if egress else "off"
+    full_env.update(env or {})
     log = open(os.path.join(os.path.dirname(state_dir), f"server-{port}.log"), "w")
     server = subprocess.Popen([FIRKIN, "serve", "--listen", f"127.0.0.1:{port}", "--api-key", key,
                                "--warm-pool", "none", "--prepare-templates", "base", *args],
