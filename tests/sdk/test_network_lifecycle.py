@@ -1,0 +1,95 @@
+"""The server's nftables table over its life, on a server of its own with egress on towards the
+fake internet (tests/fakenet.py): `firkin-<owner>` exists while it runs and is gone after
+SIGTERM; after kill -9 and a restart there is exactly one, and a sandbox that lived through
+the crash still reaches the fake internet, by address and by name."""
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+from e2b import CommandExitException, Sandbox
+
+from conftest import own_server
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import fakenet  # noqa: E402
+
+FAKENET = os.environ.get("FIRKIN_FAKENET")
+pytestmark = pytest.mark.skipif(
+    not FAKENET or not os.path.exists(FAKENET),
+    reason="no fake internet: FIRKIN_FAKENET is not set to a description from `tests/fakenet.py up`")
+
+KEY = "netlife-key"
+SUBNET = "10.217.0.0"
+
+
+def tables(owner):
+    out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[1:] for line in out.splitlines() if line.split()[-1].startswith(f"firkin-{owner}")]
+
+
+def namespaces(owner):
+    return [n for n in os.listdir("/var/run/netns") if n.startswith(f"fk-{owner}-")] \
+        if os.path.isdir("/var/run/netns") else []
+
+
+def server_pid(url):
+    port = url.rsplit(":", 1)[1]
+    out = subprocess.run(["pgrep", "-f", f"firkin serve --listen 127.0.0.1:{port}"], capture_output=True, text=True)
+    return int(out.stdout.split()[0])
+
+
+def fetch(sbx, target):
+    try:
+        return sbx.commands.run(f"curl -sS --connect-timeout 3 --max-time 3 http://{target}/", timeout=30).stdout
+    except CommandExitException as e:
+        return f"curl exit {e.exit_code}: {e.stderr}"
+
+
+def test_nft_table_lives_with_the_server_and_is_reconciled_after_kill_9():
+    net = fakenet.FakeNet.load(FAKENET)
+    top = tempfile.mkdtemp(prefix="firkin-netlife-")
+    state = os.path.join(top, "state")
+    owner = hashlib.sha256(state.encode()).hexdigest()[:6]
+    args = ("--subnet-base", SUBNET, "--dns", net.dns)
+    try:
+        with own_server(state, *args, key=KEY, cleanup=False, egress=True) as url:
+            assert tables(owner) == [["inet", f"firkin-{owner}"]]
+            conn = dict(api_key=KEY, api_url=url, sandbox_url=url)
+            sbx = Sandbox.create(timeout=300, **conn)
+            assert fetch(sbx, net.web[0]) == net.bodies[net.web[0]]
+            sbx.kill()
+        assert tables(owner) == [], "the table outlived SIGTERM"
+
+        with own_server(state, *args, key=KEY, cleanup=False, egress=True) as url:
+            conn = dict(api_key=KEY, api_url=url, sandbox_url=url)
+            survivor = Sandbox.create(timeout=300, **conn)
+            assert fetch(survivor, "web.example.test") == net.bodies[net.web[0]]
+            os.kill(server_pid(url), signal.SIGKILL)
+            time.sleep(0.5)
+        # own_server's SIGTERM hit a dead process; the table is left for the next start.
+        with own_server(state, *args, key=KEY, cleanup=False, egress=True) as url:
+            assert len(tables(owner)) == 1, tables(owner)
+            conn = dict(api_key=KEY, api_url=url, sandbox_url=url)
+            survivor = Sandbox.connect(survivor.sandbox_id, **conn)
+            assert fetch(survivor, net.web[1]) == net.bodies[net.web[1]]
+            assert fetch(survivor, "other.example.test") == net.bodies[net.web[1]]
+            fresh = Sandbox.create(timeout=300, **conn)
+            assert fetch(fresh, "web.example.test") == net.bodies[net.web[0]]
+            for s in Sandbox.list(**conn).next_items():
+                Sandbox.kill(s.sandbox_id, **conn)
+        assert tables(owner) == [], "the table outlived SIGTERM after a restart"
+        deadline = time.time() + 10
+        while namespaces(owner) and time.time() < deadline:
+            time.sleep(0.2)
+        assert namespaces(owner) == []
+    finally:
+        for family, name in tables(owner):
+            subprocess.run(["nft", "delete", "table", family, name], check=False)
+        shutil.rmtree(top, ignore_errors=True)
