@@ -234,7 +234,8 @@ fi
 
 if [ "${FIRKIN_BENCH_RUNS:-10}" -gt 0 ]; then
   step "bench (short run; use 'firkin bench create -n 100' for the full table)"
-  # Its own state dir and address range, so it never touches the server's sandboxes.
-  FIRKIN_STATE_DIR="$BENCH_STATE_DIR" FIRKIN_EGRESS=off timeout 600 target/release/firkin bench create \
+  # Its own state dir and address range, so it never touches the server's sandboxes; no egress,
+  # and a DNS forwarder that asks a dead loopback port (never the host's resolvers).
+  FIRKIN_STATE_DIR="$BENCH_STATE_DIR" FIRKIN_EGRESS=off FIRKIN_DNS=127.0.0.1:9 timeout 600 target/release/firkin bench create \
     -n "${FIRKIN_BENCH_RUNS:-10}" --subnet-base 10.212.0.0 --out "$RUN_DIR/bench.json"
 fi

@@ -135,8 +135,10 @@ def own_server(state_dir, *args, key="own-server-key", env=None, cleanup=True, e
     that need other settings than the suite's server. Yields its URL; stops it (SIGTERM) after
     and, with `cleanup`, removes the state dir's parent (a temp dir the test made).
 
-    Its sandboxes have no egress (FIRKIN_EGRESS=off) unless `egress=True`; then pass `--dns`
-    at the fake internet in `args` (tests never reach the real one)."""
+    Its sandboxes have no egress (FIRKIN_EGRESS=off) unless `egress=True`; then `args` must
+    give `--dns` at the fake internet (tests/fakenet.py): tests never reach the real one. Without
+    egress its DNS forwarder is pointed at a dead loopback port, so no query from its sandboxes
+    can reach the host's resolvers either."""
     import signal
     import socket
     import subprocess
@@ -148,8 +150,10 @@ def own_server(state_dir, *args, key="own-server-key", env=None, cleanup=True, e
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     full_env = dict(os.environ, FIRKIN_STATE_DIR=state_dir, NO_COLOR="1")
-    full_env.pop("FIRKIN_DNS", None)
+    if egress:
+        assert "--dns" in args, "egress=True needs --dns at the fake internet in args"
     full_env["FIRKIN_EGRESS"] = "on" if egress else "off"
+    full_env["FIRKIN_DNS"] = "127.0.0.1:9"  # discard: nothing answers, nothing leaves the host
     full_env.update(env or {})
     log = open(os.path.join(os.path.dirname(state_dir), f"server-{port}.log"), "w")
     server = subprocess.Popen([FIRKIN, "serve", "--listen", f"127.0.0.1:{port}", "--api-key", key,
