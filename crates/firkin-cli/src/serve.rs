@@ -28,7 +28,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let api_key =
         args.api_key.clone().unwrap_or_else(|| format!("firkin_{}", firkin_core::ids::generate_secret()));
     let report = runtime.reconcile().await;
-    tracing::info!(?report, engine = %runtime.engine_description(), "runtime ready");
+    runtime.start_network().await.context("starting the sandbox network (firewall, DNS forwarder)")?;
+    tracing::info!(?report, engine = %runtime.engine_description(), egress = args.host.egress, "runtime ready");
     runtime.start_background();
     // Built-in templates are built (or rebuilt, after an upgrade) in the background; a create
     // of one that is not ready yet waits for its build.

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use firkin_core::config::{Layout, RuntimeConfig};
 use firkin_core::engine::runsc::RunscEngine;
-use firkin_core::network::netns::NetnsNetwork;
+use firkin_core::network::netns::{NetOptions, NetnsNetwork};
 use firkin_core::runtime::Runtime;
 
 #[derive(Args, Debug, Clone)]
@@ -45,6 +45,17 @@ pub struct HostArgs {
     /// the sandbox's memory (256 for 512 MiB).
     #[arg(long, env = "FIRKIN_MAX_PROCESSES", value_parser = clap::value_parser!(u32).range(16..))]
     pub max_processes: Option<u32>,
+    /// Sandbox internet egress (NAT through the host's routing table): `on` (as in E2B) or `off`
+    /// (no sandbox reaches anything beyond this host's firkin services).
+    #[arg(long, env = "FIRKIN_EGRESS", default_value = "on", value_parser = parse_on_off)]
+    pub egress: bool,
+    /// Resolvers firkin's DNS forwarder asks for sandboxes: `ADDR[,ADDR]` (port 53, or
+    /// `ADDR:PORT`). Default: the host's, from /etc/resolv.conf (loopback ones work too).
+    #[arg(long, env = "FIRKIN_DNS", value_parser = parse_dns)]
+    pub dns: Option<Vec<std::net::SocketAddr>>,
+    /// Concurrent egress connections per sandbox (new ones past it are refused).
+    #[arg(long, env = "FIRKIN_MAX_EGRESS_CONNECTIONS", default_value_t = 2500)]
+    pub max_egress_connections: u32,
     /// Seconds without an answer from a running sandbox's agent before it is killed as stuck.
     #[arg(long, env = "FIRKIN_STUCK_AFTER_SECS", default_value_t = 60)]
     pub stuck_after_secs: u64,
@@ -81,6 +92,33 @@ fn parse_floors(s: &str) -> Result<firkin_core::runtime::disk::DiskFloors, Strin
         }
     }
     Ok(f)
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.trim() {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        other => Err(format!("expected on or off, got {other:?}")),
+    }
+}
+
+/// Parses `ADDR[,ADDR]`, each an IP address with an optional port (default 53).
+fn parse_dns(s: &str) -> Result<Vec<std::net::SocketAddr>, String> {
+    let list: Result<Vec<_>, String> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<std::net::SocketAddr>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)))
+                .map_err(|_| format!("{p:?} is not an IP address (or ADDR:PORT)"))
+        })
+        .collect();
+    let list = list?;
+    if list.is_empty() {
+        return Err("expected at least one resolver address".into());
+    }
+    Ok(list)
 }
 
 /// Parses `base=2,code-interpreter-v1=1` (or `none` / empty).
@@ -141,7 +179,12 @@ impl HostArgs {
         let engine = Arc::new(RunscEngine::new(self.runsc.clone(), layout.runsc_root(), layout.disks_dir()));
         // runsc leaves its sandbox processes orphaned; reap them promptly (fast `runsc delete`).
         firkin_core::engine::reaper::adopt_runsc_orphans();
-        let network = Arc::new(NetnsNetwork::new(self.subnet_base, &layout.state_dir));
+        let opts = NetOptions {
+            egress: self.egress,
+            dns: self.dns.clone(),
+            max_connections: self.max_egress_connections,
+        };
+        let network = Arc::new(NetnsNetwork::new(self.subnet_base, &layout.state_dir, opts));
         Ok(Runtime::new(config, engine, network))
     }
 }

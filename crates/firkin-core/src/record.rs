@@ -53,6 +53,14 @@ pub struct SandboxRecord {
     /// start command, or a follow-up of an exited sandbox): that end is not this sandbox exiting.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub start_ended: bool,
+    /// E2B `allowPublicTraffic=false`: requests to the sandbox's own ports (not envd's) must
+    /// carry this as `e2b-traffic-access-token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_access_token: Option<String>,
+    /// Egress policy (E2B `allow_internet_access` / `network.allowOut` / `denyOut`); applied
+    /// whenever the sandbox runs, kept while it is paused. Absent = open.
+    #[serde(default, skip_serializing_if = "crate::network::EgressPolicy::is_open")]
+    pub egress: crate::network::EgressPolicy,
     /// Capacity reservation held in this server's ledger (not meaningful across restarts).
     #[serde(skip)]
     pub reservation: Option<ReservationId>,

@@ -60,6 +60,10 @@ pub struct SnapshotManifest {
     /// Default working directory for commands in sandboxes restored from this image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
+    /// The source sandbox's egress policy: sandboxes made from this artifact inherit it unless
+    /// their create says otherwise. Absent = open.
+    #[serde(default, skip_serializing_if = "crate::network::EgressPolicy::is_open")]
+    pub egress: crate::network::EgressPolicy,
     /// Set on template artifacts: what was built and from which spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<crate::template::TemplateInfo>,
@@ -306,6 +310,7 @@ mod tests {
             rootfs: "base-v1".into(),
             rootfs_id: String::new(),
             workdir: None,
+            egress: Default::default(),
             template: None,
         }
     }

@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use firkin_core::record::OnTimeout;
 use firkin_core::runtime::{CreateSandbox, RuntimeError};
@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/metrics", get(sandbox_metrics))
         .route("/sandboxes/{id}/snapshots", post(create_snapshot))
         .route("/sandboxes/{id}/fork", post(fork))
+        .route("/sandboxes/{id}/network", put(update_network))
         .route("/snapshots", get(list_snapshots))
         .route("/templates", get(crate::templates::list))
         .route("/templates/{id}", get(crate::templates::get_one).delete(crate::templates::delete))
@@ -67,7 +68,8 @@ async fn create(State(st): State<AppState>, body: Bytes) -> Result<Response, Api
         memory_mb: req.memory_mb,
         on_timeout: req.auto_pause.map(|p| if p { OnTimeout::Pause } else { OnTimeout::Kill }),
         auto_resume: req.auto_resume.is_some_and(|a| a.enabled),
-        allow_internet_access: req.allow_internet_access,
+        egress: crate::network::create_policy(req.network.as_ref(), req.allow_internet_access)?,
+        private_traffic: req.network.as_ref().and_then(|n| n.allow_public_traffic) == Some(false),
     };
     let rec = st.runtime.create(create).await?;
     let domain = st.runtime.config().domain.clone();
@@ -100,6 +102,22 @@ async fn detail(
 
 async fn kill(State(st): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     st.runtime.stop(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /sandboxes/{id}/network`: replaces the egress policy; omitted fields are cleared.
+async fn update_network(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let b: crate::network::NetworkBody = parse_json(&body)?;
+    refuse(b.unsupported())?;
+    if b.allow_public_traffic.is_some() {
+        return Err(ApiError::bad_request("allowPublicTraffic is set at create only"));
+    }
+    let policy = b.policy(b.allow_internet_access)?;
+    st.runtime.update_network(&id, policy).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

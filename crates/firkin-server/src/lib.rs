@@ -6,6 +6,7 @@ pub mod control;
 pub mod dispatch;
 pub mod error;
 pub mod list_query;
+pub mod network;
 pub mod proxy;
 pub mod templates;
 pub mod wire;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{header, HeaderValue, Uri};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use firkin_core::runtime::SandboxRoute;
 use firkin_wire::agent::{ENVD_PORT, INIT_PATH};
@@ -41,6 +41,8 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
     "e2b-sandbox-id",
     "e2b-sandbox-port",
+    // The sandbox's own servers never see the traffic token.
+    "e2b-traffic-access-token",
 ];
 
 /// Proxies a request for sandbox `id`, port `port`.
@@ -51,11 +53,34 @@ pub async fn to_sandbox(st: &AppState, id: &str, port: u16, req: Request) -> Res
     if port == ENVD_PORT && req.uri().path() == INIT_PATH {
         return ApiError::not_found("no such route").into_response();
     }
-    if let Some(refusal) = sync_refusal(st, &route, port, &req) {
+    if let Some(refusal) =
+        traffic_token_refusal(&route, port, &req).or_else(|| sync_refusal(st, &route, port, &req))
+    {
         return refused(req, refusal).await;
     }
     forward(st, &route, port, req).await
 }
+
+/// A private sandbox's own ports (every port but envd's, which checks its own token) answer
+/// only requests that carry its traffic access token.
+fn traffic_token_refusal(route: &SandboxRoute, port: u16, req: &Request) -> Option<Response> {
+    let want = route.traffic_access_token.as_deref().filter(|_| port != ENVD_PORT)?;
+    let status = match req.headers().get(TRAFFIC_TOKEN_HEADER) {
+        None => StatusCode::UNAUTHORIZED,
+        Some(got) if firkin_wire::signature::constant_time_eq(got.as_bytes(), want.as_bytes()) => {
+            return None
+        }
+        Some(_) => StatusCode::FORBIDDEN,
+    };
+    let message = format!(
+        "sandbox {} is private (allowPublicTraffic=false): port {port} needs a valid {TRAFFIC_TOKEN_HEADER} header",
+        route.id
+    );
+    Some(ApiError::new(status, message).into_response())
+}
+
+/// The header that carries a private sandbox's traffic access token.
+pub const TRAFFIC_TOKEN_HEADER: &str = "e2b-traffic-access-token";
 
 /// Longest request body read (and dropped) before a refusal is sent.
 const REFUSED_BODY_LIMIT: usize = 16 << 20;

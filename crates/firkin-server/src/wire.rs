@@ -9,6 +9,7 @@ use firkin_wire::agent::ENVD_VERSION;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
+use crate::network::{NetworkBody, NetworkInfo};
 
 /// `NewSandbox` / `NewSandboxV2`.
 #[derive(Debug, Deserialize)]
@@ -39,9 +40,9 @@ pub struct NewSandbox {
     /// `false`: a timeout auto-pause keeps the filesystem only (not supported yet).
     #[serde(default)]
     pub auto_pause_memory: Option<bool>,
-    /// Network policy (egress rules, private traffic): not supported yet beyond `{}`.
+    /// Egress policy and private traffic.
     #[serde(default)]
-    pub network: Option<serde_json::Map<String, serde_json::Value>>,
+    pub network: Option<NetworkBody>,
     #[serde(default)]
     pub mcp: Option<serde_json::Value>,
     #[serde(default)]
@@ -57,7 +58,7 @@ impl NewSandbox {
         if self.auto_pause_memory == Some(false) {
             return Some("filesystem-only auto-pause (autoPauseMemory=false, lifecycle mode \"filesystem\")");
         }
-        if let Some(field) = self.network.as_ref().and_then(unsupported_network_field) {
+        if let Some(field) = self.network.as_ref().and_then(NetworkBody::unsupported) {
             return Some(field);
         }
         if self.mcp.as_ref().is_some_and(|v| !v.is_null()) {
@@ -71,31 +72,6 @@ impl NewSandbox {
         }
         None
     }
-}
-
-/// The first network-policy field firkin cannot honour yet. Sandboxes have no egress at all
-/// today, so `denyOut` holds whatever it says; anything that promises reachability, changes who
-/// may reach the sandbox or rewrites traffic is refused. Fields that keep the default pass.
-fn unsupported_network_field(network: &serde_json::Map<String, serde_json::Value>) -> Option<&'static str> {
-    use serde_json::Value;
-    let set = |key: &str| match network.get(key) {
-        None | Some(Value::Null) => false,
-        Some(Value::Array(a)) => !a.is_empty(),
-        Some(Value::Object(o)) => !o.is_empty(),
-        Some(_) => true,
-    };
-    let names: [(&str, &'static str); 6] = [
-        ("allowOut", "network egress allow rules (network.allowOut)"),
-        ("maskRequestHost", "network.maskRequestHost"),
-        ("dnsServers", "network.dnsServers"),
-        ("egressProxy", "network.egressProxy"),
-        ("httpsPorts", "network.httpsPorts"),
-        ("rules", "network rules (network.rules)"),
-    ];
-    if network.get("allowPublicTraffic") == Some(&Value::Bool(false)) {
-        return Some("private sandbox traffic (network.allowPublicTraffic=false)");
-    }
-    names.iter().find(|(key, _)| set(key)).map(|(_, name)| *name)
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,7 +170,7 @@ impl SandboxResponse {
             client_id: CLIENT_ID,
             envd_version: ENVD_VERSION,
             envd_access_token: r.access_token.clone(),
-            traffic_access_token: None,
+            traffic_access_token: r.traffic_access_token.clone(),
             domain,
         }
     }
@@ -227,6 +203,12 @@ pub struct SandboxListing {
     pub envd_access_token: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// Detail only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_internet_access: Option<bool>,
+    /// Detail only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkInfo>,
 }
 
 impl SandboxListing {
@@ -240,6 +222,8 @@ impl SandboxListing {
         SandboxListing {
             envd_access_token: Some(r.access_token.clone()),
             domain,
+            allow_internet_access: Some(!r.egress.no_internet),
+            network: Some(NetworkInfo::of(r)),
             ..SandboxListing::from_record(r)
         }
     }
@@ -259,6 +243,8 @@ impl SandboxListing {
             metadata: r.metadata.clone(),
             envd_access_token: None,
             domain: None,
+            allow_internet_access: None,
+            network: None,
         }
     }
 }
@@ -327,13 +313,13 @@ mod tests {
         assert_eq!(named(serde_json::json!({"network": {}, "mcp": null, "volumeMounts": []})), None);
         assert_eq!(named(serde_json::json!({"network": {"allowPublicTraffic": true, "allowOut": []}})), None);
         assert!(named(serde_json::json!({"autoPauseMemory": false})).unwrap().contains("autoPauseMemory"));
-        assert!(named(serde_json::json!({"network": {"allowOut": ["198.18.0.10"]}}))
+        // Egress rules and private traffic are implemented.
+        let implemented = serde_json::json!({"network": {"allowOut": ["198.18.0.10"], "denyOut": ["0.0.0.0/0"],
+            "allowPublicTraffic": false}});
+        assert_eq!(named(implemented), None);
+        assert!(named(serde_json::json!({"network": {"egressProxy": {"address": "p:1080"}}}))
             .unwrap()
-            .contains("allowOut"));
-        // No egress at all: a deny rule holds (allow_internet_access=false sends this).
-        assert_eq!(named(serde_json::json!({"network": {"denyOut": ["0.0.0.0/0"]}})), None);
-        let private = named(serde_json::json!({"network": {"allowPublicTraffic": false}})).unwrap();
-        assert!(private.contains("allowPublicTraffic"));
+            .contains("egressProxy"));
         assert!(named(serde_json::json!({"network": {"maskRequestHost": "x"}})).unwrap().contains("mask"));
         assert!(named(serde_json::json!({"mcp": {"x": {}}})).unwrap().contains("mcp"));
         assert!(named(serde_json::json!({"volumeMounts": [{"name": "v"}]}))

@@ -32,7 +32,7 @@ async fn app(tag: u8) -> (Router, std::path::PathBuf) {
         let (_, ip) = firkin_core::network::slots::slot_addrs(base, slot);
         fake_agent(ip).await;
     }
-    let rt = Runtime::new(cfg, Arc::new(FakeEngine::default()), Arc::new(FakeNetwork { base }));
+    let rt = Runtime::new(cfg, Arc::new(FakeEngine::default()), Arc::new(FakeNetwork::at(base)));
     (firkin_server::app(AppState::new(rt, KEY.into())), dir)
 }
 

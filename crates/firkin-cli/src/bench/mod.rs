@@ -15,6 +15,7 @@ mod disk;
 mod probe;
 mod scenarios;
 
+use anyhow::Context;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
@@ -125,6 +126,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     args.host.warm_pool.clear();
     let runtime = args.host.runtime()?;
     runtime.reconcile().await;
+    runtime.start_network().await.context("starting the sandbox network")?;
     let all = match args.scenario {
         Scenario::Create => scenarios::create(&runtime, &args).await?,
         Scenario::Pause => scenarios::pause(&runtime, &args).await?,
@@ -136,6 +138,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     runtime.stop_warm_pool().await;
     runtime.kill_all().await;
     runtime.drain_teardowns().await;
+    runtime.stop_network();
     println!("firkin bench {:?} ({} runs per series unless noted)", args.scenario, args.runs);
     for s in &all {
         s.print();

@@ -1,13 +1,37 @@
-//! Real per-sandbox networks with iproute2: `ip netns add`, a veth pair, addresses.
-//! No route out of the host is configured: sandboxes have no internet egress.
+//! Real per-sandbox networks with iproute2: `ip netns add`, a veth pair, addresses, a default
+//! route to the host end. What leaves the sandbox is decided by the instance's firewall
+//! ([`super::egress`]), and its DNS is answered by [`super::dns`].
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 
+use super::dns::DnsForwarder;
+use super::egress::Egress;
+use super::firewall::{FirewallConfig, TABLE_PREFIX};
+use super::forwarding::ForwardingFiles;
+use super::policy::Cidr;
 use super::slots::slot_addrs;
-use super::{NetAttachment, Network, NetworkError};
+use super::{EgressPolicy, NetAttachment, Network, NetworkError};
 use crate::ids::SandboxId;
+
+/// How sandboxes reach the outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetOptions {
+    /// Sandbox internet egress (NAT through the host's routing table).
+    pub egress: bool,
+    /// Resolvers the DNS forwarder asks; `None` = the host's (`/etc/resolv.conf`).
+    pub dns: Option<Vec<SocketAddr>>,
+    /// Concurrent egress connections per sandbox.
+    pub max_connections: u32,
+}
+
+impl Default for NetOptions {
+    fn default() -> Self {
+        NetOptions { egress: true, dns: None, max_connections: 2500 }
+    }
+}
 
 /// Prefix of every namespace firkin creates: `fk-<owner>-<sandbox id>`.
 pub const NETNS_PREFIX: &str = "fk-";
@@ -21,15 +45,49 @@ pub const NETNS_PREFIX: &str = "fk-";
 pub struct NetnsNetwork {
     base: Ipv4Addr,
     owner: String,
+    opts: NetOptions,
+    egress: Arc<Egress>,
+    dns: Mutex<Option<DnsForwarder>>,
+    forwarding: ForwardingFiles,
 }
 
 impl NetnsNetwork {
     /// `base` is the start of the /16 range carved into /30 slots; `state_dir` names the owner.
-    pub fn new(base: Ipv4Addr, state_dir: &std::path::Path) -> NetnsNetwork {
+    pub fn new(base: Ipv4Addr, state_dir: &std::path::Path, opts: NetOptions) -> NetnsNetwork {
         use sha2::{Digest, Sha256};
         let digest = Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
         let owner: String = digest.iter().take(3).map(|b| format!("{b:02x}")).collect();
-        NetnsNetwork { base, owner }
+        let cfg = FirewallConfig {
+            table: format!("{TABLE_PREFIX}{owner}"),
+            subnet: Cidr::new(base, 16),
+            egress: opts.egress,
+            dns_port: 0,
+            forward_only_sandboxes: false,
+            max_connections: opts.max_connections,
+        };
+        let egress = Arc::new(Egress::new(cfg));
+        NetnsNetwork {
+            base,
+            owner,
+            opts,
+            egress,
+            dns: Mutex::new(None),
+            forwarding: ForwardingFiles::default(),
+        }
+    }
+
+    /// The nftables table this instance owns.
+    pub fn table_name(&self) -> String {
+        format!("{TABLE_PREFIX}{}", self.owner)
+    }
+
+    fn upstreams(&self) -> Vec<SocketAddr> {
+        match &self.opts.dns {
+            Some(list) => list.clone(),
+            None => super::dns::resolv_conf_servers(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            ),
+        }
     }
 
     fn ns_prefix(&self) -> String {
@@ -97,7 +155,12 @@ fn run(owner: &str, op: &str, cmd: &mut Command, stdin: Option<String>) -> Resul
 }
 
 impl Network for NetnsNetwork {
-    fn attach(&self, id: &SandboxId, slot: u32) -> Result<NetAttachment, NetworkError> {
+    fn attach(
+        &self,
+        id: &SandboxId,
+        slot: u32,
+        egress: &EgressPolicy,
+    ) -> Result<NetAttachment, NetworkError> {
         let (ns, host_if, sbx_if) = self.names(id);
         let (host_ip, sandbox_ip) = slot_addrs(self.base, slot);
         // Clear leftovers of a crashed earlier owner of this slot.
@@ -117,7 +180,11 @@ impl Network for NetnsNetwork {
             "link set lo up".to_owned(),
             format!("route add default via {host_ip}"),
         ];
-        let made = run_ip_batch(id.as_str(), "host side", None, OnFailedLine::Stop, &host)
+        // The policy is in force before the interface exists.
+        let made = self
+            .egress
+            .set(sandbox_ip, id.as_str(), egress)
+            .and_then(|()| run_ip_batch(id.as_str(), "host side", None, OnFailedLine::Stop, &host))
             .and_then(|()| run_ip_batch(id.as_str(), "sandbox side", Some(&ns), OnFailedLine::Stop, &inside));
         if let Err(e) = made {
             let _ = self.detach(id, slot);
@@ -126,7 +193,47 @@ impl Network for NetnsNetwork {
         Ok(NetAttachment { netns_path: PathBuf::from(format!("/var/run/netns/{ns}")), sandbox_ip, host_ip })
     }
 
-    fn detach(&self, id: &SandboxId, _slot: u32) -> Result<(), NetworkError> {
+    fn set_policy(&self, id: &SandboxId, slot: u32, egress: &EgressPolicy) -> Result<(), NetworkError> {
+        self.egress.set(slot_addrs(self.base, slot).1, id.as_str(), egress)
+    }
+
+    fn start(&self) -> Result<(), NetworkError> {
+        let start = |e: String| NetworkError::Start(e);
+        let upstreams = self.upstreams();
+        if upstreams.is_empty() {
+            tracing::warn!(
+                "no DNS resolvers (none in /etc/resolv.conf, no --dns): sandboxes cannot resolve names"
+            );
+        }
+        let dns = DnsForwarder::start(Arc::clone(&self.egress), upstreams)
+            .map_err(|e| start(format!("DNS forwarder: {e}")))?;
+        let mut cfg = self.egress.config();
+        cfg.dns_port = dns.port();
+        // The table (with its guard, if forwarding is off) goes in before forwarding is on.
+        cfg.forward_only_sandboxes = self.opts.egress && self.forwarding.guard_needed();
+        self.egress.install(cfg.clone())?;
+        if self.opts.egress {
+            let fwd =
+                self.forwarding.acquire(&self.owner).map_err(|e| start(format!("IPv4 forwarding: {e}")))?;
+            if fwd.firkin_turned_it_on != cfg.forward_only_sandboxes {
+                cfg.forward_only_sandboxes = fwd.firkin_turned_it_on;
+                self.egress.install(cfg)?;
+            }
+        }
+        *self.dns.lock().unwrap_or_else(|e| e.into_inner()) = Some(dns);
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), NetworkError> {
+        let released = if self.opts.egress { self.forwarding.release(&self.owner) } else { Ok(()) };
+        let uninstalled = self.egress.uninstall();
+        self.dns.lock().unwrap_or_else(|e| e.into_inner()).take();
+        released.map_err(|e| NetworkError::Start(format!("putting IPv4 forwarding back: {e}")))?;
+        uninstalled
+    }
+
+    fn detach(&self, id: &SandboxId, slot: u32) -> Result<(), NetworkError> {
+        let cleared = self.egress.clear(slot_addrs(self.base, slot).1, id.as_str());
         let (ns, host_if, _) = self.names(id);
         let mut lines = Vec::with_capacity(2);
         if std::path::Path::new("/sys/class/net").join(&host_if).exists() {
@@ -135,10 +242,10 @@ impl Network for NetnsNetwork {
         if PathBuf::from(format!("/var/run/netns/{ns}")).exists() {
             lines.push(format!("netns del {ns}"));
         }
-        if lines.is_empty() {
-            return Ok(());
+        if !lines.is_empty() {
+            run_ip_batch(id.as_str(), "teardown", None, OnFailedLine::GoOn, &lines)?;
         }
-        run_ip_batch(id.as_str(), "teardown", None, OnFailedLine::GoOn, &lines)
+        cleared
     }
 
     fn list_namespaces(&self) -> Vec<String> {

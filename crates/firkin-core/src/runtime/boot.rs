@@ -16,7 +16,7 @@ use super::{Runtime, RuntimeError};
 use crate::agent_client::AgentHealth;
 use crate::engine::BootSpec;
 use crate::ids::SandboxId;
-use crate::network::NetAttachment;
+use crate::network::{EgressPolicy, NetAttachment};
 use crate::samples::SampleName;
 
 /// How to start one sandbox's engine side (the claim says which sandbox, slot and operation).
@@ -27,6 +27,8 @@ pub(super) struct BootPlan {
     pub image: Option<std::path::PathBuf>,
     /// The token the restored agent already holds.
     pub restored_token: Option<String>,
+    /// In force from before the engine starts.
+    pub egress: EgressPolicy,
 }
 
 /// CPUs, memory and disk of one sandbox.
@@ -60,7 +62,7 @@ impl Runtime {
     /// wait for it. From here on, dropping the claim tears the engine side down.
     async fn start_engine(&self, claim: &mut Claim, plan: BootPlan) -> Result<NetAttachment, RuntimeError> {
         claim.engine_starting();
-        let BootPlan { rootfs, size, image, .. } = plan;
+        let BootPlan { rootfs, size, image, egress, .. } = plan;
         let (id, op, slot) = (claim.id().clone(), claim.op(), claim.slot());
         let cfg = &self.inner.config;
         let network = Arc::clone(&self.inner.network);
@@ -71,7 +73,7 @@ impl Runtime {
         tokio::task::spawn_blocking(move || -> Result<_, RuntimeError> {
             let t = Instant::now();
             let att = network
-                .attach(&id, slot)
+                .attach(&id, slot, &egress)
                 .map_err(|source| RuntimeError::Network { op, id: id.to_string(), source })?;
             tracing::debug!(sandbox = %id, ms = t.elapsed().as_millis() as u64, "network attached");
             let t = Instant::now();

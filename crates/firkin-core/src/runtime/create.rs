@@ -14,6 +14,7 @@ use super::warm::WarmEntry;
 use super::{Runtime, RuntimeError};
 use crate::ids::{generate_secret, SandboxId};
 use crate::lifecycle::{LifecycleEvent, SandboxState};
+use crate::network::EgressPolicy;
 use crate::record::{OnTimeout, SandboxRecord, RECORD_FORMAT};
 use crate::samples::SampleName;
 use crate::snapshot::SnapshotManifest;
@@ -29,7 +30,10 @@ pub struct CreateSandbox {
     pub memory_mb: Option<u32>,
     pub on_timeout: Option<OnTimeout>,
     pub auto_resume: bool,
-    pub allow_internet_access: Option<bool>,
+    /// The egress policy; `None` keeps the template's or snapshot's.
+    pub egress: Option<EgressPolicy>,
+    /// E2B `allowPublicTraffic=false`: the sandbox's ports need a traffic access token.
+    pub private_traffic: bool,
 }
 
 /// What a sandbox starts from: a rootfs (boot; template builds only) or a checkpoint image of a
@@ -44,6 +48,8 @@ pub(super) struct Source {
     /// Metadata carried over from the artifact (a continuation's reason and source).
     pub base_metadata: BTreeMap<String, String>,
     pub workdir: Option<String>,
+    /// The artifact's egress policy (inherited unless the create sets one).
+    pub egress: EgressPolicy,
     pub cpu_count: Option<u32>,
     pub memory_mb: Option<u32>,
     pub disk_mb: Option<u32>,
@@ -67,6 +73,7 @@ impl Source {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             workdir: m.workdir.clone(),
+            egress: m.egress.clone(),
             cpu_count: Some(m.cpu_count),
             memory_mb: Some(m.memory_mb),
             disk_mb: Some(m.disk_size_mb),
@@ -128,6 +135,7 @@ impl Runtime {
             size,
             image: source.image,
             restored_token: source.restored_token,
+            egress: req.egress.unwrap_or(source.egress),
         };
         let booted = self.boot_and_init(&mut claim, plan).await;
         if let Err(e) = &booted {
@@ -214,6 +222,8 @@ impl Runtime {
             internal: source.internal,
             start_ended: false,
             auto_resume: req.auto_resume,
+            egress: req.egress.clone().unwrap_or_else(|| source.egress.clone()),
+            traffic_access_token: req.private_traffic.then(generate_secret),
             reservation: held.reservation,
         }
     }
@@ -234,17 +244,22 @@ impl Runtime {
             memory_mb: source.memory_mb.unwrap_or(cfg.default_memory_mb),
             disk_mb: source.disk_mb.unwrap_or(cfg.disk_size_mb),
         };
-        let WarmEntry { claim, ip, start_ended, .. } = entry;
+        let WarmEntry { claim, ip, start_ended, token, .. } = entry;
         let mut claim = claim.now_for(Operation::Create);
         let id = claim.id().clone();
         let held = claim.held();
         let mut record = self.new_record(&id, req, source, size, held, timeout);
+        // The entry ran with an open policy; the sandbox's own is in force before `/init`.
+        if !record.egress.is_open() {
+            self.apply_egress(&id, held.slot, record.egress.clone(), Operation::Create).await?;
+        }
         record.agent_ip = ip;
         record.start_ended = start_ended;
         self.table().insert(id.clone(), record);
         claim.recorded();
         self.persist(&id)?;
-        self.init_agent(&id, source.restored_token.as_deref()).await?;
+        // The entry was re-keyed after its restore (see `warm`): its agent holds `token`.
+        self.init_agent(&id, Some(&token)).await?;
         claim.commit();
         self.expose(&id, timeout, Some(started))
     }
@@ -255,11 +270,6 @@ impl Runtime {
             return Err(RuntimeError::InvalidRequest(
                 "autoResume needs lifecycle on_timeout=pause (autoPause)".into(),
             ));
-        }
-        if req.allow_internet_access == Some(true) {
-            return Err(RuntimeError::Unsupported {
-                feature: "allow_internet_access=true (sandbox internet egress)",
-            });
         }
         self.checked_timeout(req.timeout)?;
         for key in req.env_vars.keys() {

@@ -73,6 +73,10 @@ pub enum Operation {
     Snapshot,
     CheckpointProbe,
     Readopt,
+    /// A sandbox's egress policy replaced (`PUT /sandboxes/{id}/network`).
+    UpdateNetwork,
+    /// The server bringing its host network side up.
+    Start,
 }
 
 impl std::fmt::Display for Operation {
@@ -86,6 +90,8 @@ impl std::fmt::Display for Operation {
             Operation::Snapshot => "snapshot",
             Operation::CheckpointProbe => "checkpoint probe",
             Operation::Readopt => "re-adoption",
+            Operation::UpdateNetwork => "network update",
+            Operation::Start => "server start",
         })
     }
 }

@@ -71,6 +71,7 @@ impl Runtime {
         if orphans > 0 {
             tracing::warn!(orphans, "removed engine sandboxes no record accounted for");
         }
+        self.stop_network();
         n
     }
 

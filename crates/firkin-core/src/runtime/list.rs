@@ -118,6 +118,8 @@ mod tests {
             memory_mb: 128,
             disk_size_mb: 1,
             access_token: "t".into(),
+            traffic_access_token: None,
+            egress: Default::default(),
             on_timeout: OnTimeout::Kill,
             net_slot: Some(0),
             agent_ip: std::net::Ipv4Addr::LOCALHOST,

@@ -6,6 +6,7 @@ mod claim;
 pub mod continuation;
 mod create;
 pub mod disk;
+mod egress;
 mod error;
 mod expiry;
 pub mod freshness;

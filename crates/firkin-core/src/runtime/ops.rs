@@ -20,6 +20,8 @@ pub struct SandboxRoute {
     pub id: SandboxId,
     pub agent_ip: Ipv4Addr,
     pub access_token: String,
+    /// Requests to the sandbox's own ports must carry this (E2B `allowPublicTraffic=false`).
+    pub traffic_access_token: Option<String>,
     /// Changes when traffic must stop (pause, kill): the proxy then ends the stream.
     pub cut: tokio::sync::watch::Receiver<u64>,
 }
@@ -247,6 +249,7 @@ impl Runtime {
             id: rec.id.clone(),
             agent_ip: rec.agent_ip,
             access_token: rec.access_token.clone(),
+            traffic_access_token: rec.traffic_access_token.clone(),
             cut: self.traffic_watch(&rec.id),
         })
     }
@@ -304,6 +307,7 @@ impl Runtime {
                 id: r.id.clone(),
                 agent_ip: r.agent_ip,
                 access_token: r.access_token.clone(),
+                traffic_access_token: r.traffic_access_token.clone(),
                 cut: self.traffic_watch(&r.id),
             })
     }

@@ -232,6 +232,7 @@ impl Runtime {
             size: SandboxSize::of_record(rec),
             image: Some(image.to_path_buf()),
             restored_token: None,
+            egress: rec.egress.clone(),
         };
         match self.start_unrecorded(&mut claim, plan, PROBE_TIMEOUT).await {
             Ok(_) => true,
@@ -323,6 +324,7 @@ impl Runtime {
             size: SandboxSize::of_record(rec),
             image: Some(image.to_path_buf()),
             restored_token: Some(rec.access_token.clone()),
+            egress: rec.egress.clone(),
         };
         let restored = self.boot_and_init(&mut claim, plan).await;
         claim.or_release(restored).await?;

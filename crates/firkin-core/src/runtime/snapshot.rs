@@ -95,6 +95,7 @@ impl Runtime {
             rootfs: rec.rootfs.clone(),
             rootfs_id: self.inner.templates.rootfs(&rec.rootfs).map(|r| r.id).unwrap_or_default(),
             workdir: rec.workdir.clone(),
+            egress: rec.egress.clone(),
             template: None,
         };
         customize(&mut manifest);

@@ -238,6 +238,8 @@ impl Runtime {
             base_env: BTreeMap::new(),
             base_metadata: BTreeMap::new(),
             workdir: None,
+            // Build steps (package installs) reach the internet as the server allows.
+            egress: crate::network::EgressPolicy::default(),
             cpu_count: None,
             memory_mb: None,
             disk_mb: spec.disk_size_mb,

@@ -3,17 +3,28 @@
 //! out (a ledger promotion warm → active, then `/init` with the caller's token and env) instead
 //! of restoring; a supervisor refills pools in the background and stops cleanly. Warm entries
 //! never wait for or displace anything: active creates evict them first.
+//!
+//! A restored entry's agent holds the template's access token, which every sandbox ever
+//! restored from that template was first shown and which the template's manifest stores. So
+//! right after its readiness check an entry is re-keyed: `/init`, shown the template's token,
+//! gives it a fresh random token of its own ([`WarmEntry::token`], known to the runtime only),
+//! and the checkout's `/init` then presents that one. No entry waits in the pool answering to a
+//! token any other party knows. The re-key `/init` carries the entry's id (the id a checkout
+//! keeps), so the agent makes the entry's per-sandbox identity (boot id, resolv.conf) then.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
+
+use firkin_wire::agent::{InitRequest, AGENT_PROTOCOL_VERSION};
+use time::OffsetDateTime;
 
 use super::boot::{BootPlan, SandboxSize};
 use super::claim::Claim;
 use super::{Runtime, RuntimeError};
 use crate::admission::ledger::ReservationId;
 use crate::admission::Class;
-use crate::ids::SandboxId;
+use crate::ids::{generate_secret, SandboxId};
 use crate::snapshot::SnapshotManifest;
 
 /// How often the supervisor re-checks pools when nothing wakes it.
@@ -31,6 +42,8 @@ pub(super) struct WarmEntry {
     pub artifact: String,
     /// Its start command had ended by the time it answered.
     pub start_ended: bool,
+    /// The token its agent holds since the re-key (the checkout's `/init` presents it).
+    pub token: String,
 }
 
 /// Pool contents and supervisor state.
@@ -164,15 +177,48 @@ impl Runtime {
             size: SandboxSize::of_artifact(m),
             image: Some(image),
             restored_token: Some(m.access_token.clone()),
+            // Open until checked out: the checkout applies the creating request's policy.
+            egress: crate::network::EgressPolicy::default(),
         };
         let started = self.start_unrecorded(&mut claim, plan, self.inner.config.ready_timeout).await;
         let started = claim.or_release(started).await?;
+        let token = generate_secret();
+        let rekeyed = self.rekey_warm(claim.id(), started.ip, m, &token).await;
+        claim.or_release(rekeyed).await?;
         Ok(Some(WarmEntry {
             claim,
             ip: started.ip,
             artifact: m.snapshot_id.clone(),
             start_ended: started.health.start_exit.is_some(),
+            token,
         }))
+    }
+
+    /// Gives the agent of a just-restored warm entry `token` in place of the template's (see
+    /// the module docs), with the template's env and workdir until a checkout sets its own.
+    async fn rekey_warm(
+        &self,
+        id: &SandboxId,
+        ip: Ipv4Addr,
+        m: &SnapshotManifest,
+        token: &str,
+    ) -> Result<(), RuntimeError> {
+        let req = InitRequest {
+            protocol: AGENT_PROTOCOL_VERSION,
+            sandbox_id: id.to_string(),
+            access_token: token.to_owned(),
+            env_vars: m.env_vars.clone(),
+            default_user: Some("user".into()),
+            default_workdir: Some(m.workdir.clone().unwrap_or_else(|| "/home/user".into())),
+            timestamp_ms: u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+                .unwrap_or(0),
+        };
+        self.inner
+            .agent
+            .init(ip, &req, Some(&m.access_token))
+            .await
+            .map_err(|source| RuntimeError::NotReady { id: id.to_string(), source })?;
+        Ok(())
     }
 
     /// Takes a warm sandbox of `template` restored from artifact `m`, promoted to an active

@@ -11,6 +11,7 @@ use crate::engine::fake::FakeEngine;
 use crate::fake_agent::fake_agent;
 use crate::network::fake::FakeNetwork;
 
+mod egress;
 mod faults;
 mod warm;
 
@@ -21,7 +22,7 @@ fn runtime(tag: u8, engine: Arc<FakeEngine>) -> (Runtime, std::path::PathBuf) {
     let mut cfg = RuntimeConfig::new(layout, "/nonexistent/agent");
     cfg.disk_floors = crate::config::DiskFloors { restore_mb: 0, snapshot_mb: 0, warm_mb: 0 };
     cfg.ready_timeout = Duration::from_millis(300);
-    let net = Arc::new(FakeNetwork { base: Ipv4Addr::new(127, 201, tag, 0) });
+    let net = Arc::new(FakeNetwork::at(Ipv4Addr::new(127, 201, tag, 0)));
     (Runtime::new(cfg, engine, net), dir)
 }
 
@@ -30,7 +31,7 @@ fn restarted(layout: Layout, engine: Arc<FakeEngine>, tag: u8) -> Runtime {
     let mut cfg = RuntimeConfig::new(layout, "/nonexistent/agent");
     cfg.disk_floors = crate::config::DiskFloors { restore_mb: 0, snapshot_mb: 0, warm_mb: 0 };
     cfg.ready_timeout = Duration::from_millis(300);
-    let net = Arc::new(FakeNetwork { base: Ipv4Addr::new(127, 201, tag, 0) });
+    let net = Arc::new(FakeNetwork::at(Ipv4Addr::new(127, 201, tag, 0)));
     Runtime::new(cfg, engine, net)
 }
 
@@ -106,8 +107,6 @@ async fn validation_errors_are_typed() {
     assert!(matches!(too_long, RuntimeError::InvalidRequest(_)));
     let resume = rt.create(CreateSandbox { auto_resume: true, ..req() }).await.unwrap_err();
     assert!(matches!(resume, RuntimeError::InvalidRequest(_)), "autoResume needs autoPause: {resume}");
-    let egress = rt.create(CreateSandbox { allow_internet_access: Some(true), ..req() }).await.unwrap_err();
-    assert!(matches!(egress, RuntimeError::Unsupported { .. }));
     assert_eq!(rt.sandbox_count(), 0);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -140,7 +139,7 @@ async fn oversized_create_is_rejected_by_admission() {
     let mut cfg = RuntimeConfig::new(layout, "/nonexistent/agent");
     cfg.disk_floors = crate::config::DiskFloors { restore_mb: 0, snapshot_mb: 0, warm_mb: 0 };
     cfg.capacity = crate::admission::Resources::new(1, 256, 10_000);
-    let net = Arc::new(FakeNetwork { base: Ipv4Addr::new(127, 201, 7, 0) });
+    let net = Arc::new(FakeNetwork::at(Ipv4Addr::new(127, 201, 7, 0)));
     let rt = Runtime::new(cfg, Arc::new(FakeEngine::default()), net);
     let err =
         rt.create(CreateSandbox { memory_mb: Some(512), cpu_count: Some(1), ..req() }).await.unwrap_err();
@@ -266,7 +265,7 @@ async fn disk_floor_refuses_restores_before_reserving() {
     rt.create(req()).await.unwrap(); // builds the base template, restores it
     let mut cfg = rt.config().clone();
     cfg.disk_floors.restore_mb = u64::MAX;
-    let net = Arc::new(FakeNetwork { base: Ipv4Addr::new(127, 201, 11, 0) });
+    let net = Arc::new(FakeNetwork::at(Ipv4Addr::new(127, 201, 11, 0)));
     let tight = Runtime::new(cfg, engine.clone(), net);
     let err = tight.create(req()).await.unwrap_err();
     assert!(matches!(err, RuntimeError::DiskFloor { .. }), "{err}");

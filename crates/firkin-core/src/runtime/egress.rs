@@ -1,0 +1,94 @@
+//! Egress policy operations: E2B's `PUT /sandboxes/{id}/network`, applying a policy to a
+//! running sandbox, and bringing the host side of the network up and down with the server.
+//!
+//! The policy lives in the sandbox's record; every start of its engine (create, resume,
+//! probe) attaches the network with the record's policy in force. An update writes the record
+//! first, so any start after it uses the new policy, then waits out a start already under way
+//! and applies the policy to the running sandbox. Connections already open stay open.
+
+use std::time::{Duration, Instant};
+
+use super::error::Operation;
+use super::{Runtime, RuntimeError};
+use crate::ids::SandboxId;
+use crate::lifecycle::SandboxState;
+use crate::network::EgressPolicy;
+
+/// How long an update waits for a create, resume, pause or snapshot in progress.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Runtime {
+    /// Replaces a sandbox's egress policy (running or paused). Returns once it is in force.
+    pub async fn update_network(&self, id: &str, policy: EgressPolicy) -> Result<(), RuntimeError> {
+        let rec = self.get_visible(id)?;
+        self.update(&rec.id, |r| r.egress = policy.clone());
+        self.persist(&rec.id)?;
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let now = self.get(&rec.id)?;
+            match now.state {
+                SandboxState::Paused => return Ok(()),
+                SandboxState::Running => {
+                    let Some(slot) = now.net_slot else { return Ok(()) };
+                    // The record may have changed again meanwhile: apply what it says now.
+                    return self.apply_egress(&rec.id, slot, now.egress, Operation::UpdateNetwork).await;
+                }
+                SandboxState::Killed => return Err(RuntimeError::SandboxNotFound(id.to_owned())),
+                _ if Instant::now() > deadline => {
+                    return Err(RuntimeError::Internal(format!(
+                        "network update of sandbox {id}: it stayed {:?} for {}s",
+                        now.state,
+                        SETTLE_TIMEOUT.as_secs()
+                    )))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Puts `policy` in force for the sandbox attached in `slot`.
+    pub(super) async fn apply_egress(
+        &self,
+        id: &SandboxId,
+        slot: u32,
+        policy: EgressPolicy,
+        op: Operation,
+    ) -> Result<(), RuntimeError> {
+        let network = std::sync::Arc::clone(&self.inner.network);
+        let sid = id.clone();
+        tokio::task::spawn_blocking(move || network.set_policy(&sid, slot, &policy))
+            .await
+            .map_err(|e| RuntimeError::Internal(format!("{op} of sandbox {id}: policy task: {e}")))?
+            .map_err(|source| RuntimeError::Network { op, id: id.to_string(), source })
+    }
+
+    /// Brings the host side of the network up (firewall, DNS forwarder), with the policies of
+    /// the sandboxes re-adopted so far. Call once, after [`Runtime::reconcile`], before serving.
+    pub async fn start_network(&self) -> Result<(), RuntimeError> {
+        let running: Vec<_> = self
+            .table()
+            .values()
+            .filter(|r| r.state == SandboxState::Running)
+            .filter_map(|r| Some((r.id.clone(), r.net_slot?, r.egress.clone())))
+            .collect();
+        for (id, slot, policy) in running {
+            self.inner.network.set_policy(&id, slot, &policy).map_err(|source| RuntimeError::Network {
+                op: Operation::Start,
+                id: id.to_string(),
+                source,
+            })?;
+        }
+        self.inner.network.start().map_err(|source| RuntimeError::Network {
+            op: Operation::Start,
+            id: "-".into(),
+            source,
+        })
+    }
+
+    /// Takes the host side of the network down (after the sandboxes are gone).
+    pub fn stop_network(&self) {
+        if let Err(e) = self.inner.network.stop() {
+            tracing::warn!(error = %e, "removing the host network side failed");
+        }
+    }
+}
