@@ -53,7 +53,6 @@ import time
 
 TEST_NET = ipaddress.ip_network("198.18.0.0/15")
 GUARDED_SOURCES = "10.208.0.0/12"
-NAMES = {"web.example.test": 0, "other.example.test": 1, "wild.example.test": 2}
 UDP_PORT = 9999
 RUN_ROOT = "/run"
 
@@ -204,8 +203,10 @@ class FakeNet:
                 "--log-queries", f"--log-facility={self.dns_log}", "--cache-size=0",
                 # Most specific domain wins; /#/ (no address) makes every other name NXDOMAIN.
                 "--address=/#/"]
-        for name, i in NAMES.items():
-            args.append(f"--address=/{name}/{self.web[i]}")
+        # Exact names as host records (their AAAA is an empty answer, as for a real IPv4-only
+        # name); the wildcard as an address (AAAA: NXDOMAIN, which resolvers take in stride).
+        args += [f"--host-record=web.example.test,{self.web[0]}", f"--host-record=other.example.test,{self.web[1]}",
+                 f"--address=/wild.example.test/{self.web[2]}"]
         _run(*args, ns=self.netns)
         deadline = time.time() + 10
         while True:
@@ -285,14 +286,14 @@ def _read_jsonl(path):
 # --- DNS client (no dig needed; always to an explicit server, never the host's resolvers) -----
 
 
-def dns_query(server, name, qtype=1, timeout=2, tcp=False):
-    """Asks `server`:53 for `name`; returns (rcode, [IPv4 answers])."""
+def dns_query(server, name, qtype=1, timeout=2, tcp=False, port=53):
+    """Asks `server`:`port` for `name`; returns (rcode, [IPv4 answers])."""
     qid = random.randrange(65536)
     q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
     q += b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split(".")) + b"\0"
     q += struct.pack(">HH", qtype, 1)
     if tcp:
-        with socket.create_connection((server, 53), timeout=timeout) as s:
+        with socket.create_connection((server, port), timeout=timeout) as s:
             s.sendall(struct.pack(">H", len(q)) + q)
             buf = b""
             while len(buf) < 2 or len(buf) < 2 + struct.unpack(">H", buf[:2])[0]:
@@ -304,7 +305,7 @@ def dns_query(server, name, qtype=1, timeout=2, tcp=False):
     else:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(timeout)
-            s.sendto(q, (server, 53))
+            s.sendto(q, (server, port))
             while True:
                 resp, _ = s.recvfrom(4096)
                 if resp[:2] == q[:2]:
@@ -447,9 +448,12 @@ def check(net):
 def selftest(tag="st"):
     """Without firkin: a client namespace in 10.219.0.0/30 behind the host, NAT by a temporary
     nft table of our own, forwarding on only for the duration (then restored)."""
-    client, hif, cif, table = f"fkfc-{tag}", f"fkfc-{tag}", f"fkfcp-{tag}", f"fkfcnat-{tag}"
+    # The host end is named like a firkin sandbox's (fh*): a firkin server with egress on drops
+    # forwarding between any other interfaces (it turned forwarding on for its sandboxes only).
+    client, hif, cif, table = f"fkfc-{tag}", f"fhfkfc{tag}", f"fkfcp-{tag}", f"fkfcnat-{tag}"
     fwd_path = "/proc/sys/net/ipv4/ip_forward"
-    with FakeNet(tag) as net:
+    # Its own nets, so it runs beside a fake internet that is up (a test run's).
+    with FakeNet(tag, link="198.19.250.252/30", web="198.18.254.0/24") as net:
         print("host check:", check(net))
         with open(fwd_path) as f:
             fwd_before = f.read().strip()
@@ -498,9 +502,9 @@ def selftest(tag="st"):
             _run("ip", "link", "del", hif, check=False)
             _run("ip", "netns", "del", client, check=False)
     left = [x for x in (_run("ip", "netns", "list").stdout + _run("nft", "list", "tables").stdout).split()
-            if x.startswith(("fkfn-", "fkguard-", "fkfc"))]
+            if x in (net.netns, net.guard_table, client, table)]
     assert not left, left
-    assert not _run("ip", "route", "show", "198.18.0.0/24").stdout.strip()
+    assert not _run("ip", "route", "show", str(net.web_net)).stdout.strip()
     print("selftest: ok, nothing left behind")
 
 
