@@ -2,6 +2,11 @@
 //! (access token, env vars, default user and workdir; held in `crate::context`) from the host's
 //! request and publishes the env vars and the access token to in-sandbox services (the code
 //! interpreter; see docs/security.md, "The code interpreter's access token").
+//!
+//! `/init` comes after every boot or restore (and, for warm-pool entries, once more at
+//! checkout), so it is also where a restored sandbox stops being a copy of its source: a new
+//! sandbox id gets its own boot id (`crate::identity`), and `/etc/resolv.conf` is pointed at
+//! the current default gateway (`crate::resolv`). Neither needs anything new in the request.
 
 use std::sync::Arc;
 
@@ -91,6 +96,8 @@ pub async fn init(
             );
             publish_envs(&config.env_vars);
             publish_token(&config);
+            crate::identity::refresh_for(&config.sandbox_id);
+            crate::resolv::refresh();
             cell.set(config);
             let resp = InitResponse {
                 protocol: AGENT_PROTOCOL_VERSION,

@@ -12,7 +12,8 @@
 //! docs for the PID-1 design), `oom/*` (the sandbox's OOM killer: the memory watchdog thread,
 //! `/proc` parsing, victim selection), `sudo/*` (agent-mediated sudo: the `/usr/bin/sudo` link, the
 //! client this binary becomes when invoked as `sudo`, the sudo socket's server, option parsing,
-//! environment, wire format), `user`, `paths`.
+//! environment, wire format), `identity` (a boot id per sandbox), `resolv` (resolv.conf → the
+//! sandbox's gateway), `user`, `paths`.
 //!
 //! Run on a host for testing (as root, so user switching works):
 //! `firkin-agent --listen 127.0.0.1:53983`, then `POST /init` with an `InitRequest`. Localhost
@@ -25,6 +26,7 @@ mod context;
 mod files;
 mod filesystem;
 mod http_error;
+mod identity;
 mod init;
 mod json;
 mod listener;
@@ -34,6 +36,7 @@ mod paths;
 mod portforward;
 mod process;
 mod reaper;
+mod resolv;
 mod rpc;
 mod sudo;
 mod user;
@@ -87,6 +90,10 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Before the runtime starts any thread: capabilities are per thread.
+    if std::process::id() == 1 {
+        identity::confine_mount_capability();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(serve(args))
 }
