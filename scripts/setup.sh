@@ -43,10 +43,11 @@ runsc_ok() {
 }
 need_pkgs=()
 # command:package. unshare/flock come from util-linux, ps/pgrep from procps, fuser from psmisc;
-# mkfs.ext4/fallocate/losetup are for the loop-mounted small-store test.
+# mkfs.ext4/fallocate/losetup are for the loop-mounted small-store test; nft is the sandbox
+# firewall; dnsmasq (dnsmasq-base) is the test suite's fake-internet DNS server.
 for cmd_pkg in mmdebstrap:mmdebstrap ip:iproute2 iptables:iptables curl:curl unshare:util-linux \
   flock:util-linux ps:procps pgrep:procps fuser:psmisc timeout:coreutils \
-  mkfs.ext4:e2fsprogs fallocate:util-linux losetup:mount; do
+  mkfs.ext4:e2fsprogs fallocate:util-linux losetup:mount nft:nftables dnsmasq:dnsmasq-base; do
   command -v "${cmd_pkg%%:*}" >/dev/null 2>&1 || need_pkgs+=("${cmd_pkg##*:}")
 done
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need_pkgs+=(ca-certificates)

@@ -24,6 +24,7 @@ pub fn run(args: &HostArgs) -> anyhow::Result<()> {
     report.record("agent binary", agent_binary(args));
     report.record("cgroups", cgroups());
     report.record("sandbox disks (ext4 loop mounts)", sandbox_disks());
+    report.record("sandbox firewall (nftables)", firewall(args));
     anyhow::ensure!(report.failures == 0, "{} check(s) failed", report.failures);
     Ok(())
 }
@@ -60,6 +61,23 @@ fn sandbox_disks() -> Verdict {
         return Err("/dev/loop-control missing: the host needs loop devices (modprobe loop)".into());
     }
     Ok("mkfs.ext4 and /dev/loop-control present".into())
+}
+
+/// Sandboxes are fenced (and given egress) by an nftables table firkin owns.
+fn firewall(args: &HostArgs) -> Verdict {
+    let listed = std::process::Command::new("nft").args(["list", "tables"]).output();
+    match listed {
+        Err(e) => Err(format!("nft not runnable ({e}): apt-get install nftables (scripts/setup.sh does)")),
+        Ok(out) if !out.status.success() => {
+            Err(format!("nft list tables failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        }
+        Ok(_) if !args.egress => Ok("nft works; egress is off (the host fences are installed anyway)".into()),
+        Ok(_) => {
+            let fwd = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
+            let state = if fwd.trim() == "1" { "on" } else { "off (firkin turns it on while it serves)" };
+            Ok(format!("nft works; egress on, IPv4 forwarding {state}"))
+        }
+    }
 }
 
 fn running_as_root() -> Verdict {

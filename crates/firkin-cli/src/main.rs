@@ -54,3 +54,17 @@ fn main() -> anyhow::Result<()> {
         Command::Template(args) => rt.block_on(template::run(args)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn the_command_line_is_consistent_and_parses_host_options() {
+        super::Cli::command().debug_assert();
+        let args = ["firkin", "serve", "--egress", "off", "--dns", "198.19.250.2, 127.0.0.1:5353"];
+        super::Cli::try_parse_from(args).expect("parses");
+        assert!(super::Cli::try_parse_from(["firkin", "serve", "--egress", "maybe"]).is_err());
+        assert!(super::Cli::try_parse_from(["firkin", "serve", "--dns", "not-an-address"]).is_err());
+    }
+}

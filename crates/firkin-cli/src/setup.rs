@@ -47,12 +47,12 @@ pub struct HostArgs {
     pub max_processes: Option<u32>,
     /// Sandbox internet egress (NAT through the host's routing table): `on` (as in E2B) or `off`
     /// (no sandbox reaches anything beyond this host's firkin services).
-    #[arg(long, env = "FIRKIN_EGRESS", default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, env = "FIRKIN_EGRESS", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub egress: bool,
     /// Resolvers firkin's DNS forwarder asks for sandboxes: `ADDR[,ADDR]` (port 53, or
     /// `ADDR:PORT`). Default: the host's, from /etc/resolv.conf (loopback ones work too).
     #[arg(long, env = "FIRKIN_DNS", value_parser = parse_dns)]
-    pub dns: Option<Vec<std::net::SocketAddr>>,
+    pub dns: Option<DnsServers>,
     /// Concurrent egress connections per sandbox (new ones past it are refused).
     #[arg(long, env = "FIRKIN_MAX_EGRESS_CONNECTIONS", default_value_t = 2500)]
     pub max_egress_connections: u32,
@@ -102,8 +102,12 @@ fn parse_on_off(s: &str) -> Result<bool, String> {
     }
 }
 
+/// The `--dns` list.
+#[derive(Debug, Clone)]
+pub struct DnsServers(pub Vec<std::net::SocketAddr>);
+
 /// Parses `ADDR[,ADDR]`, each an IP address with an optional port (default 53).
-fn parse_dns(s: &str) -> Result<Vec<std::net::SocketAddr>, String> {
+fn parse_dns(s: &str) -> Result<DnsServers, String> {
     let list: Result<Vec<_>, String> = s
         .split(',')
         .map(str::trim)
@@ -118,7 +122,7 @@ fn parse_dns(s: &str) -> Result<Vec<std::net::SocketAddr>, String> {
     if list.is_empty() {
         return Err("expected at least one resolver address".into());
     }
-    Ok(list)
+    Ok(DnsServers(list))
 }
 
 /// Parses `base=2,code-interpreter-v1=1` (or `none` / empty).
@@ -181,7 +185,7 @@ impl HostArgs {
         firkin_core::engine::reaper::adopt_runsc_orphans();
         let opts = NetOptions {
             egress: self.egress,
-            dns: self.dns.clone(),
+            dns: self.dns.clone().map(|d| d.0),
             max_connections: self.max_egress_connections,
         };
         let network = Arc::new(NetnsNetwork::new(self.subnet_base, &layout.state_dir, opts));
