@@ -270,6 +270,12 @@ async fn metrics(State(st): State<AppState>) -> Response {
     for (reason, n) in &a.rejected {
         text.push_str(&format!("firkin_admission_rejected_total{{reason=\"{reason}\"}} {n}\n"));
     }
+    text.push_str("# HELP firkin_sandbox_network_bytes_total Bytes through a running sandbox's interface since it last started or resumed.\n# TYPE firkin_sandbox_network_bytes_total counter\n");
+    for (id, t) in st.runtime.network_traffic() {
+        for (direction, n) in [("out", t.out_bytes), ("in", t.in_bytes)] {
+            text.push_str(&format!("firkin_sandbox_network_bytes_total{{sandbox=\"{id}\",direction=\"{direction}\"}} {n}\n"));
+        }
+    }
     let mut headers = HeaderMap::new();
     headers.insert("content-type", HeaderValue::from_static("text/plain; version=0.0.4"));
     (headers, text).into_response()

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
 use super::slots::slot_addrs;
-use super::{EgressPolicy, NetAttachment, Network, NetworkError};
+use super::{EgressPolicy, NetAttachment, Network, NetworkError, Traffic};
 use crate::ids::SandboxId;
 
 /// Hands out loopback addresses (`base + 4*slot + 2`), so a test can serve a fake agent there,
@@ -78,6 +78,10 @@ impl Network for FakeNetwork {
 
     fn live_connections(&self, _sandbox_ip: Ipv4Addr) -> usize {
         0
+    }
+
+    fn traffic(&self, _id: &SandboxId) -> Option<Traffic> {
+        None
     }
 
     fn remove_namespace(&self, _name: &str) -> Result<(), NetworkError> {

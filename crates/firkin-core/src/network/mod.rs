@@ -28,6 +28,15 @@ pub struct NetAttachment {
     pub host_ip: Ipv4Addr,
 }
 
+/// Bytes through a sandbox's interface since it was attached (its last start or resume).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Traffic {
+    /// Sent by the sandbox (egress, and answers to the proxy).
+    pub out_bytes: u64,
+    /// Received by the sandbox.
+    pub in_bytes: u64,
+}
+
 /// Network setup failures, naming the operation and the sandbox.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -60,6 +69,8 @@ pub trait Network: Send + Sync + 'static {
     /// Host-side TCP connections to `sandbox_ip` that are not yet fully closed (anything but
     /// TIME_WAIT/CLOSE): zero means no client connection is open inside the sandbox.
     fn live_connections(&self, sandbox_ip: Ipv4Addr) -> usize;
+    /// Bytes through the sandbox's interface, if it is attached.
+    fn traffic(&self, id: &SandboxId) -> Option<Traffic>;
     /// Removes a namespace found by [`Network::list_namespaces`] (its veth goes with it).
     fn remove_namespace(&self, name: &str) -> Result<(), NetworkError>;
 }

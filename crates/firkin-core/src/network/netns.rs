@@ -13,7 +13,7 @@ use super::firewall::{FirewallConfig, TABLE_PREFIX};
 use super::forwarding::ForwardingFiles;
 use super::policy::Cidr;
 use super::slots::slot_addrs;
-use super::{EgressPolicy, NetAttachment, Network, NetworkError};
+use super::{EgressPolicy, NetAttachment, Network, NetworkError, Traffic};
 use crate::ids::SandboxId;
 
 /// How sandboxes reach the outside.
@@ -261,6 +261,14 @@ impl Network for NetnsNetwork {
 
     fn live_connections(&self, sandbox_ip: Ipv4Addr) -> usize {
         std::fs::read_to_string("/proc/net/tcp").map(|t| count_live(&t, sandbox_ip)).unwrap_or(0)
+    }
+
+    fn traffic(&self, id: &SandboxId) -> Option<Traffic> {
+        let (_, host_if, _) = self.names(id);
+        let stats = std::path::Path::new("/sys/class/net").join(host_if).join("statistics");
+        let read = |name: &str| std::fs::read_to_string(stats.join(name)).ok()?.trim().parse::<u64>().ok();
+        // The host end receives what the sandbox sends.
+        Some(Traffic { out_bytes: read("rx_bytes")?, in_bytes: read("tx_bytes")? })
     }
 
     fn remove_namespace(&self, name: &str) -> Result<(), NetworkError> {

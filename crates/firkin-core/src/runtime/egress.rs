@@ -85,6 +85,17 @@ impl Runtime {
         })
     }
 
+    /// Bytes through each running sandbox's interface (server-internal ones excluded).
+    pub fn network_traffic(&self) -> Vec<(SandboxId, crate::network::Traffic)> {
+        let running: Vec<SandboxId> = self
+            .table()
+            .values()
+            .filter(|r| r.state == SandboxState::Running && !r.internal)
+            .map(|r| r.id.clone())
+            .collect();
+        running.into_iter().filter_map(|id| Some((id.clone(), self.inner.network.traffic(&id)?))).collect()
+    }
+
     /// Takes the host side of the network down (after the sandboxes are gone).
     pub fn stop_network(&self) {
         if let Err(e) = self.inner.network.stop() {
