@@ -7,7 +7,10 @@ use super::BootSpec;
 /// In-sandbox path of the agent binary.
 pub const AGENT_GUEST_PATH: &str = "/opt/firkin/firkin-agent";
 
-/// Capabilities of the sandbox's root (inside gVisor): Docker's default set.
+/// Capabilities of the sandbox's root (inside gVisor): Docker's default set, plus
+/// `CAP_SYS_ADMIN` for PID 1 (the agent) to mount each sandbox's own boot id; the agent drops
+/// it from its bounding and inheritable sets before anything runs, so no process it starts
+/// holds it (firkin-agent `identity`, docs/security.md "Per-sandbox identity after a restore").
 const CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -23,6 +26,7 @@ const CAPS: &[&str] = &[
     "CAP_SYS_CHROOT",
     "CAP_KILL",
     "CAP_AUDIT_WRITE",
+    "CAP_SYS_ADMIN",
 ];
 
 /// Environment variable telling the agent the sandbox's memory in MiB (the agent's
