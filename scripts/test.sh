@@ -14,7 +14,9 @@
 # Environment: FIRKIN_VENV (default .venv), FIRKIN_CACHE_DIR (shared rootfs cache),
 # FIRKIN_BENCH_RUNS (default 10; 0 skips the bench), FIRKIN_SOAK_MINUTES (default 2; 0 skips
 # the soak), FIRKIN_SUITE_TIMEOUT (whole pytest run,
-# seconds, default 1500), PYTEST_ARGS (extra pytest arguments, e.g. "-k files").
+# seconds, default 1500), PYTEST_ARGS (extra pytest arguments, e.g. "-k files"),
+# FIRKIN_FAKENET_LINK / FIRKIN_FAKENET_WEB (the fake internet's nets, default 198.19.250.0/30 and
+# 198.18.0.0/24; give others to run beside another fake internet on the same host).
 set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -163,7 +165,8 @@ start_server() {
 
 step "fake internet (tests/fakenet.py, tag $FAKENET_TAG)"
 FAKENET_UP=1
-python3 tests/fakenet.py up --tag "$FAKENET_TAG" >"$RUN_DIR/fakenet.json"
+python3 tests/fakenet.py up --tag "$FAKENET_TAG" --link "${FIRKIN_FAKENET_LINK:-198.19.250.0/30}" \
+  --web "${FIRKIN_FAKENET_WEB:-198.18.0.0/24}" >"$RUN_DIR/fakenet.json"
 FIRKIN_FAKENET="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["description"])' "$RUN_DIR/fakenet.json")"
 FIRKIN_FAKENET_DNS="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["dns"])' "$RUN_DIR/fakenet.json")"
 export FIRKIN_FAKENET FIRKIN_FAKENET_DNS
