@@ -1,6 +1,7 @@
-"""Egress limits and visibility, against the fake internet (tests/fakenet.py): the per-sandbox
-cap on concurrent egress connections (on a server of its own with a small cap), and the bytes
-each sandbox sent and received in /metrics."""
+"""Egress limits, visibility and domain-rule state, against the fake internet
+(tests/fakenet.py): the per-sandbox cap on concurrent egress connections (on a server of its
+own with a small cap), the bytes each sandbox sent and received in /metrics, and addresses a
+domain rule opened staying open across pause/resume."""
 
 import os
 import re
@@ -9,7 +10,7 @@ import tempfile
 
 import httpx
 import pytest
-from e2b import Sandbox
+from e2b import CommandExitException, Sandbox
 
 from conftest import API_URL, own_server
 
@@ -87,3 +88,21 @@ def test_bytes_in_and_out_per_sandbox_are_in_metrics(sandboxes):
     sbx.kill()
     gone = httpx.get(f"{API_URL}/metrics", timeout=10).text
     assert metric(gone, sbx.sandbox_id, "out") is None, "a killed sandbox is no longer reported"
+
+
+def test_addresses_a_domain_rule_opened_stay_open_across_pause_and_resume(sandboxes):
+    # A process that resolved an allowed name before the pause may keep using the address
+    # after the resume (its own DNS cache); the resumed sandbox has a new address and a new
+    # set, which must hold what the old one did.
+    net = fakenet.FakeNet.load(FAKENET)
+    sbx = sandboxes(timeout=120, network={"deny_out": ["0.0.0.0/0"], "allow_out": ["web.example.test"]})
+    fetch = f"curl -sS -m 3 http://{net.web[0]}/"
+    with pytest.raises(CommandExitException):
+        sbx.commands.run(fetch, timeout=30)  # by address, before any lookup: closed
+    assert sbx.commands.run("getent hosts web.example.test", timeout=30).stdout.split()[0] == net.web[0]
+    assert sbx.commands.run(fetch, timeout=30).stdout == net.bodies[net.web[0]]
+    assert sbx.pause()
+    sbx = Sandbox.connect(sbx.sandbox_id)
+    assert sbx.commands.run(fetch, timeout=30).stdout == net.bodies[net.web[0]]
+    with pytest.raises(CommandExitException):
+        sbx.commands.run(f"curl -sS -m 3 http://{net.web[1]}/", timeout=30)

@@ -22,6 +22,9 @@ use super::egress::Egress;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// A TCP client idle this long is dropped.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Queries (and TCP clients) in flight at once, all sandboxes together; past it new ones are
+/// dropped (their resolver retries), so a flood cannot pile up tasks on the server.
+const IN_FLIGHT: usize = 512;
 
 /// The running forwarder; dropping it stops it.
 #[derive(Debug)]
@@ -40,6 +43,7 @@ impl Drop for DnsForwarder {
 struct Ctx {
     egress: Arc<Egress>,
     upstreams: Vec<SocketAddr>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl DnsForwarder {
@@ -48,7 +52,8 @@ impl DnsForwarder {
     pub fn start(egress: Arc<Egress>, upstreams: Vec<SocketAddr>) -> std::io::Result<DnsForwarder> {
         let (udp, tcp) = bind_pair()?;
         let port = udp.local_addr()?.port();
-        let ctx = Arc::new(Ctx { egress, upstreams });
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        let ctx = Arc::new(Ctx { egress, upstreams, in_flight });
         let udp = Arc::new(UdpSocket::from_std(udp)?);
         let tcp = TcpListener::from_std(tcp)?;
         let tasks = vec![tokio::spawn(serve_udp(udp, Arc::clone(&ctx))), tokio::spawn(serve_tcp(tcp, ctx))];
@@ -93,9 +98,11 @@ async fn serve_udp(sock: Arc<UdpSocket>, ctx: Arc<Ctx>) {
     loop {
         let Ok((n, from)) = sock.recv_from(&mut buf).await else { continue };
         let SocketAddr::V4(from4) = from else { continue };
+        let Ok(permit) = Arc::clone(&ctx.in_flight).try_acquire_owned() else { continue };
         let query = buf[..n].to_vec();
         let (sock, ctx) = (Arc::clone(&sock), Arc::clone(&ctx));
         tokio::spawn(async move {
+            let _permit = permit;
             if let Some(reply) = answer(&ctx, *from4.ip(), &query, Transport::Udp).await {
                 let _ = sock.send_to(&reply, from).await;
             }
@@ -107,8 +114,10 @@ async fn serve_tcp(listener: TcpListener, ctx: Arc<Ctx>) {
     loop {
         let Ok((stream, from)) = listener.accept().await else { continue };
         let SocketAddr::V4(from4) = from else { continue };
+        let Ok(permit) = Arc::clone(&ctx.in_flight).try_acquire_owned() else { continue };
         let ctx = Arc::clone(&ctx);
         tokio::spawn(async move {
+            let _permit = permit;
             let _ = serve_tcp_client(stream, *from4.ip(), &ctx).await;
         });
     }

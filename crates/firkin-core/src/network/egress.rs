@@ -1,15 +1,19 @@
 //! The live firewall of one firkin instance: its nftables table and every sandbox's egress
 //! policy, kept in memory so the whole table can be rebuilt in one transaction (at start, and
-//! after a crash) and so the DNS forwarder can look a sandbox's policy up by its address.
+//! after a crash) and so the DNS forwarder can look a sandbox's policy up by its address. The
+//! addresses opened by domain rules are remembered per sandbox and opened again wherever it
+//! runs next (resume, restart): its processes may still use them.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 
 use super::firewall::{self, FirewallConfig};
 use super::policy::EgressPolicy;
+use super::resolved::Resolved;
 use super::NetworkError;
 
 /// A sandbox the firewall knows.
@@ -26,6 +30,7 @@ pub struct Egress {
     /// Every attached sandbox by address, with its id (open policies included: the forwarder
     /// answers only these).
     policies: Mutex<BTreeMap<Ipv4Addr, Attached>>,
+    resolved: Mutex<Resolved>,
     installed: AtomicBool,
 }
 
@@ -34,12 +39,26 @@ impl Egress {
         Egress {
             cfg: Mutex::new(cfg),
             policies: Mutex::new(BTreeMap::new()),
+            resolved: Mutex::new(Resolved::default()),
             installed: AtomicBool::new(false),
         }
     }
 
     fn policies(&self) -> MutexGuard<'_, BTreeMap<Ipv4Addr, Attached>> {
         self.policies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn resolved(&self) -> MutexGuard<'_, Resolved> {
+        self.resolved.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Statements re-opening, in `ip`'s set, what sandbox `id`'s domain rules opened before.
+    fn reopen(&self, table: &str, ip: Ipv4Addr, id: &str, policy: &EgressPolicy) -> String {
+        if policy.allow_domains.is_empty() {
+            return String::new();
+        }
+        let open = self.resolved().open_for(id, Instant::now());
+        open.iter().map(|(addr, secs)| firewall::open_resolved(table, ip, &[*addr], *secs)).collect()
     }
 
     /// The table's configuration.
@@ -56,9 +75,15 @@ impl Egress {
     /// table of this instance (left by a crash) is replaced without a gap.
     pub fn install(&self, cfg: FirewallConfig) -> Result<(), NetworkError> {
         *self.cfg.lock().unwrap_or_else(|e| e.into_inner()) = cfg.clone();
+        let attached = self.policies().clone();
+        self.remember_table_sets(&cfg.table, &attached);
         let policies: BTreeMap<Ipv4Addr, EgressPolicy> =
-            self.policies().iter().map(|(ip, a)| (*ip, a.policy.clone())).collect();
-        nft(&cfg.table, "install", &firewall::table(&cfg, &policies))?;
+            attached.iter().map(|(ip, a)| (*ip, a.policy.clone())).collect();
+        let mut script = firewall::table(&cfg, &policies);
+        for (ip, a) in &attached {
+            script.push_str(&self.reopen(&cfg.table, *ip, &a.id, &a.policy));
+        }
+        nft(&cfg.table, "install", &script)?;
         self.installed.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -76,7 +101,8 @@ impl Egress {
         let was_open = policies.get(&ip).is_none_or(|a| a.policy.is_open());
         if self.installed.load(Ordering::SeqCst) && !(was_open && policy.is_open()) {
             let table = self.config().table;
-            nft(&table, &format!("policy for {ip}"), &firewall::sandbox_policy(&table, ip, policy))?;
+            let script = firewall::sandbox_policy(&table, ip, policy) + &self.reopen(&table, ip, id, policy);
+            nft(&table, &format!("policy for {ip}"), &script)?;
         }
         policies.insert(ip, Attached { id: id.to_owned(), policy: policy.clone() });
         Ok(())
@@ -105,16 +131,41 @@ impl Egress {
     pub fn open_resolved(&self, ip: Ipv4Addr, addrs: &[Ipv4Addr], ttl: u32) -> Result<(), NetworkError> {
         let policies = self.policies();
         // Only while the sandbox still has a domain rule (its policy may have just changed).
-        if addrs.is_empty() || policies.get(&ip).is_none_or(|a| a.policy.allow_domains.is_empty()) {
+        let Some(attached) = policies.get(&ip).filter(|a| !a.policy.allow_domains.is_empty()) else {
+            return Ok(());
+        };
+        if addrs.is_empty() {
             return Ok(());
         }
         let table = self.config().table;
         let secs = ttl.max(firewall::MIN_DNS_OPEN_SECS);
+        self.resolved().record(&attached.id, addrs, secs, Instant::now());
         nft(
             &table,
             &format!("open resolved addresses for {ip}"),
             &firewall::open_resolved(&table, ip, addrs, secs),
         )
+    }
+}
+
+impl Egress {
+    /// Before the table is replaced (a restart after a crash): remembers what its DNS sets
+    /// held for the sandboxes re-adopted at the same addresses.
+    fn remember_table_sets(&self, table: &str, attached: &BTreeMap<Ipv4Addr, Attached>) {
+        let Ok(out) =
+            Command::new("nft").args(["-j", "list", "table", "inet", table]).stderr(Stdio::null()).output()
+        else {
+            return;
+        };
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else { return };
+        let now = Instant::now();
+        for (ip, elems) in firewall::dns_set_elements(&json) {
+            if let Some(a) = attached.get(&ip) {
+                for (addr, secs) in elems {
+                    self.resolved().record(&a.id, &[addr], secs, now);
+                }
+            }
+        }
     }
 }
 
@@ -139,22 +190,4 @@ fn nft(table: &str, op: &str, script: &str) -> Result<(), NetworkError> {
     } else {
         Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()))
     }
-}
-
-/// Names of the `inet` tables whose name starts with `prefix` (for reconciliation and tests).
-pub fn tables_with_prefix(prefix: &str) -> Vec<String> {
-    let Ok(out) = Command::new("nft").args(["-j", "list", "tables"]).stderr(Stdio::null()).output() else {
-        return Vec::new();
-    };
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else { return Vec::new() };
-    json["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|o| o.get("table"))
-        .filter(|t| t["family"] == "inet")
-        .filter_map(|t| t["name"].as_str())
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_owned)
-        .collect()
 }

@@ -206,6 +206,23 @@ pub fn open_resolved(table: &str, ip: Ipv4Addr, addrs: &[Ipv4Addr], secs: u32) -
     )
 }
 
+/// The DNS-opened sets in `nft -j list table` output: sandbox address → (address, seconds
+/// left) of each element.
+pub fn dns_set_elements(json: &serde_json::Value) -> Vec<(Ipv4Addr, Vec<(Ipv4Addr, u32)>)> {
+    let sets = json["nftables"].as_array().into_iter().flatten().filter_map(|o| o.get("set"));
+    sets.filter_map(|set| {
+        let ip: Ipv4Addr = set["name"].as_str()?.strip_prefix("d-")?.replace('-', ".").parse().ok()?;
+        let elems = set["elem"].as_array().into_iter().flatten().filter_map(|e| {
+            let e = &e["elem"];
+            let addr = e["val"].as_str()?.parse().ok()?;
+            let left = e["expires"].as_u64().or_else(|| e["timeout"].as_u64())?;
+            Some((addr, u32::try_from(left).ok()?.max(1)))
+        });
+        Some((ip, elems.collect()))
+    })
+    .collect()
+}
+
 fn join(cidrs: &[Cidr]) -> String {
     cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
@@ -270,6 +287,26 @@ mod tests {
         assert_eq!(
             sandbox_policy("firkin-abc123", ip, &EgressPolicy::default()),
             remove_sandbox("firkin-abc123", ip)
+        );
+    }
+
+    #[test]
+    fn reads_dns_sets_back_from_nft_json() {
+        let json = serde_json::json!({"nftables": [
+            {"metainfo": {"json_schema_version": 1}},
+            {"table": {"family": "inet", "name": "t"}},
+            {"set": {"family": "inet", "name": "d-10-0-0-2", "table": "t", "type": "ipv4_addr",
+                     "elem": [{"elem": {"val": "198.18.0.10", "timeout": 300, "expires": 287}}]}},
+            {"set": {"family": "inet", "name": "never", "table": "t", "type": "ipv4_addr"}},
+            {"set": {"family": "inet", "name": "d-10-0-0-6", "table": "t", "type": "ipv4_addr"}}
+        ]});
+        let got = dns_set_elements(&json);
+        assert_eq!(
+            got,
+            [
+                (Ipv4Addr::new(10, 0, 0, 2), vec![(Ipv4Addr::new(198, 18, 0, 10), 287)]),
+                (Ipv4Addr::new(10, 0, 0, 6), vec![])
+            ]
         );
     }
 

@@ -10,6 +10,7 @@ pub mod firewall;
 pub mod forwarding;
 pub mod netns;
 pub mod policy;
+pub mod resolved;
 pub mod slots;
 
 use std::net::Ipv4Addr;
