@@ -273,7 +273,9 @@ async fn metrics(State(st): State<AppState>) -> Response {
     text.push_str("# HELP firkin_sandbox_network_bytes_total Bytes through a running sandbox's interface since it last started or resumed.\n# TYPE firkin_sandbox_network_bytes_total counter\n");
     for (id, t) in st.runtime.network_traffic() {
         for (direction, n) in [("out", t.out_bytes), ("in", t.in_bytes)] {
-            text.push_str(&format!("firkin_sandbox_network_bytes_total{{sandbox=\"{id}\",direction=\"{direction}\"}} {n}\n"));
+            text.push_str(&format!(
+                "firkin_sandbox_network_bytes_total{{sandbox=\"{id}\",direction=\"{direction}\"}} {n}\n"
+            ));
         }
     }
     let mut headers = HeaderMap::new();
