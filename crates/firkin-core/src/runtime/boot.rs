@@ -50,6 +50,26 @@ impl SandboxSize {
     }
 }
 
+/// The `/init` that gives sandbox `id`'s agent `token`, `env` and `workdir` (default: the
+/// user's home), as user `user`.
+pub(super) fn init_request(
+    id: &SandboxId,
+    token: &str,
+    env: &std::collections::BTreeMap<String, String>,
+    workdir: Option<&str>,
+) -> InitRequest {
+    InitRequest {
+        protocol: AGENT_PROTOCOL_VERSION,
+        sandbox_id: id.to_string(),
+        access_token: token.to_owned(),
+        env_vars: env.clone(),
+        default_user: Some("user".into()),
+        default_workdir: Some(workdir.unwrap_or("/home/user").to_owned()),
+        timestamp_ms: u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+            .unwrap_or(0),
+    }
+}
+
 /// A sandbox whose engine side runs and whose agent answers, not yet initialised.
 pub(super) struct Started {
     /// The sandbox's address, where its agent answers.
@@ -167,22 +187,24 @@ impl Runtime {
         current_token: Option<&str>,
     ) -> Result<(), RuntimeError> {
         let rec = self.get(id)?;
-        let req = InitRequest {
-            protocol: AGENT_PROTOCOL_VERSION,
-            sandbox_id: id.to_string(),
-            access_token: rec.access_token.clone(),
-            env_vars: rec.env_vars.clone(),
-            default_user: Some("user".into()),
-            default_workdir: Some(rec.workdir.clone().unwrap_or_else(|| "/home/user".into())),
-            timestamp_ms: u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-                .unwrap_or(0),
-        };
+        let req = init_request(id, &rec.access_token, &rec.env_vars, rec.workdir.as_deref());
+        self.send_init(id, rec.agent_ip, &req, current_token).await
+    }
+
+    /// Sends `req` to the agent at `ip`, which holds `current_token`.
+    pub(super) async fn send_init(
+        &self,
+        id: &SandboxId,
+        ip: std::net::Ipv4Addr,
+        req: &InitRequest,
+        current_token: Option<&str>,
+    ) -> Result<(), RuntimeError> {
         self.inner
             .agent
-            .init(rec.agent_ip, &req, current_token)
+            .init(ip, req, current_token)
             .await
-            .map_err(|source| RuntimeError::NotReady { id: id.to_string(), source })?;
-        Ok(())
+            .map(|_| ())
+            .map_err(|source| RuntimeError::NotReady { id: id.to_string(), source })
     }
 
     /// Destroys the engine sandbox and its network, and releases the slot. Whatever fails is

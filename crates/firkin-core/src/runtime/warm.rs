@@ -16,10 +16,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use firkin_wire::agent::{InitRequest, AGENT_PROTOCOL_VERSION};
-use time::OffsetDateTime;
-
-use super::boot::{BootPlan, SandboxSize};
+use super::boot::{init_request, BootPlan, SandboxSize};
 use super::claim::Claim;
 use super::{Runtime, RuntimeError};
 use crate::admission::ledger::ReservationId;
@@ -203,22 +200,8 @@ impl Runtime {
         m: &SnapshotManifest,
         token: &str,
     ) -> Result<(), RuntimeError> {
-        let req = InitRequest {
-            protocol: AGENT_PROTOCOL_VERSION,
-            sandbox_id: id.to_string(),
-            access_token: token.to_owned(),
-            env_vars: m.env_vars.clone(),
-            default_user: Some("user".into()),
-            default_workdir: Some(m.workdir.clone().unwrap_or_else(|| "/home/user".into())),
-            timestamp_ms: u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-                .unwrap_or(0),
-        };
-        self.inner
-            .agent
-            .init(ip, &req, Some(&m.access_token))
-            .await
-            .map_err(|source| RuntimeError::NotReady { id: id.to_string(), source })?;
-        Ok(())
+        let req = init_request(id, token, &m.env_vars, m.workdir.as_deref());
+        self.send_init(id, ip, &req, Some(&m.access_token)).await
     }
 
     /// Takes a warm sandbox of `template` restored from artifact `m`, promoted to an active
