@@ -1,7 +1,8 @@
 """The server's nftables table over its life, on a server of its own with egress on towards the
 fake internet (tests/fakenet.py): `firkin-<owner>` exists while it runs and is gone after
 SIGTERM; after kill -9 and a restart there is exactly one, and a sandbox that lived through
-the crash still reaches the fake internet, by address and by name."""
+the crash still reaches the fake internet, by address and by name. And a server with egress
+off lets nothing out, DNS included."""
 
 import hashlib
 import os
@@ -89,6 +90,37 @@ def test_nft_table_lives_with_the_server_and_is_reconciled_after_kill_9():
         while namespaces(owner) and time.time() < deadline:
             time.sleep(0.2)
         assert namespaces(owner) == []
+    finally:
+        for family, name in tables(owner):
+            subprocess.run(["nft", "delete", "table", family, name], check=False)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_server_with_egress_off_lets_nothing_out():
+    """`--egress off`: no sandbox reaches the fake internet, and no name a sandbox asks for is
+    forwarded to the server's resolvers (its forwarder is pointed at the fake DNS here, so that
+    a forwarded query would show in its log); the fences' table is there all the same."""
+    net = fakenet.FakeNet.load(FAKENET)
+    top = tempfile.mkdtemp(prefix="firkin-netoff-")
+    state = os.path.join(top, "state")
+    owner = hashlib.sha256(state.encode()).hexdigest()[:6]
+    try:
+        with own_server(state, "--subnet-base", "10.213.0.0", key=KEY, env={"FIRKIN_DNS": net.dns}) as url:
+            assert len(tables(owner)) == 1, tables(owner)
+            conn = dict(api_key=KEY, api_url=url, sandbox_url=url)
+            sbx = Sandbox.create(timeout=120, **conn)
+            try:
+                for addr in net.web:
+                    assert fetch(sbx, addr).startswith("curl exit"), addr
+                name = f"off-{os.urandom(5).hex()}.wild.example.test"
+                try:
+                    out = sbx.commands.run(f"timeout 8 getent ahostsv4 {name}", timeout=30).stdout
+                except CommandExitException:
+                    out = ""
+                assert out == "" and not net.queried(name), (out, net.dns_queries()[-3:])
+            finally:
+                sbx.kill()
+        assert tables(owner) == []
     finally:
         for family, name in tables(owner):
             subprocess.run(["nft", "delete", "table", family, name], check=False)
