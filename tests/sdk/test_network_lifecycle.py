@@ -1,7 +1,8 @@
 """The server's nftables table over its life, on a server of its own with egress on towards the
 fake internet (tests/fakenet.py): `firkin-<owner>` exists while it runs and is gone after
 SIGTERM; after kill -9 and a restart there is exactly one, and a sandbox that lived through
-the crash still reaches the fake internet, by address and by name. And a server with egress
+the crash still reaches the fake internet, by address and by name, and the policies of running
+and paused sandboxes hold across it. And a server with egress
 off lets nothing out, DNS included."""
 
 import hashlib
@@ -72,6 +73,12 @@ def test_nft_table_lives_with_the_server_and_is_reconciled_after_kill_9():
             conn = dict(api_key=KEY, api_url=url, sandbox_url=url)
             survivor = Sandbox.create(timeout=300, **conn)
             assert fetch(survivor, "web.example.test") == net.bodies[net.web[0]]
+            fenced = Sandbox.create(timeout=300, network={"deny_out": [f"{net.web[1]}/32"]}, **conn)
+            by_name = Sandbox.create(timeout=300, network={"deny_out": ["0.0.0.0/0"], "allow_out": ["web.example.test"]},
+                                     **conn)
+            assert fetch(by_name, "web.example.test") == net.bodies[net.web[0]]
+            sleeper = Sandbox.create(timeout=300, network={"deny_out": [f"{net.web[1]}/32"]}, **conn)
+            assert sleeper.pause()
             os.kill(server_pid(url), signal.SIGKILL)
             time.sleep(0.5)
         # own_server's SIGTERM hit a dead process; the table is left for the next start.
@@ -81,6 +88,17 @@ def test_nft_table_lives_with_the_server_and_is_reconciled_after_kill_9():
             survivor = Sandbox.connect(survivor.sandbox_id, **conn)
             assert fetch(survivor, net.web[1]) == net.bodies[net.web[1]]
             assert fetch(survivor, "other.example.test") == net.bodies[net.web[1]]
+            # Policies outlive the crash: running, paused, and domain-opened addresses (reached
+            # here by address, without asking DNS again).
+            fenced = Sandbox.connect(fenced.sandbox_id, **conn)
+            assert fetch(fenced, net.web[0]) == net.bodies[net.web[0]]
+            assert fetch(fenced, net.web[1]).startswith("curl exit")
+            by_name = Sandbox.connect(by_name.sandbox_id, **conn)
+            assert fetch(by_name, net.web[0]) == net.bodies[net.web[0]]
+            assert fetch(by_name, net.web[1]).startswith("curl exit")
+            sleeper = Sandbox.connect(sleeper.sandbox_id, **conn)
+            assert fetch(sleeper, net.web[0]) == net.bodies[net.web[0]]
+            assert fetch(sleeper, net.web[1]).startswith("curl exit")
             fresh = Sandbox.create(timeout=300, **conn)
             assert fetch(fresh, "web.example.test") == net.bodies[net.web[0]]
             for s in Sandbox.list(**conn).next_items():
