@@ -141,6 +141,27 @@ def test_metrics_report_real_usage(sandbox):
     assert busy.cpu_used_pct > 10, f"a busy loop shows as CPU use: {busy.cpu_used_pct}%"
 
 
+def test_metrics_keep_a_history_and_answer_time_ranges(sandboxes):
+    import datetime
+    import time
+
+    sbx = sandboxes(timeout=120)
+    created = datetime.datetime.now(datetime.timezone.utc)
+    time.sleep(6)  # the server samples every 5 s, and once per request
+    history = sbx.get_metrics()
+    assert len(history) >= 2, f"a background sample and this request's: {len(history)}"
+    stamps = [m.timestamp for m in history]
+    assert stamps == sorted(stamps), "oldest first"
+    # A window before the sandbox existed is empty, as in E2B.
+    before = sbx.get_metrics(start=created - datetime.timedelta(hours=2), end=created - datetime.timedelta(hours=1))
+    assert before == []
+    recent = sbx.get_metrics(start=created - datetime.timedelta(seconds=1))
+    assert len(recent) >= len(history)
+    # Paused: the history stays readable.
+    assert sbx.pause()
+    assert len(Sandbox.get_metrics(sbx.sandbox_id)) >= len(history)
+
+
 def test_concurrent_creates_are_independent(tag, sandboxes):
     from concurrent.futures import ThreadPoolExecutor
 

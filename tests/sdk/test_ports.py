@@ -1,7 +1,7 @@
 """User ports through the proxy: a server in the sandbox is reachable from outside at
 `E2b-Sandbox-Port: P`, also when it listens only on loopback (127.0.0.1 or ::1), which the
 agent forwards as E2B's envd does, and again after pause/resume gives the sandbox a new
-address."""
+address; and the SDK's `get_host(port)` names a Host this server routes."""
 
 import time
 
@@ -54,3 +54,20 @@ def test_loopback_server_is_forwarded_again_after_resume_and_stops_with_it(sandb
     # Another server on the same port is picked up.
     serve(sbx, 8301, "127.0.0.1")
     assert wait_for(sbx, 8301, "/hello.txt").status_code == 200
+
+
+def test_get_host_names_a_host_this_server_routes(sandbox):
+    # The create response carries the server's domain (default `localhost:<port>`), so the SDK's
+    # get_host(port) is `{port}-{id}.localhost:<port>`; a request with that Host reaches the port.
+    host = sandbox.get_host(8302)
+    server_port = API_URL.rsplit(":", 1)[1]
+    assert host == f"8302-{sandbox.sandbox_id}.localhost:{server_port}"
+    serve(sandbox, 8302, "0.0.0.0")
+    deadline = time.time() + 10
+    while True:
+        r = httpx.get(f"{API_URL}/hello.txt", headers={"Host": host}, timeout=5)
+        if r.status_code == 200:
+            break
+        assert time.time() < deadline, f"{host}: {r.status_code} {r.text[:200]}"
+        time.sleep(0.25)
+    assert r.text == "hello from 0.0.0.0:8302"

@@ -16,6 +16,11 @@ pub struct ServeArgs {
     /// API key clients must send as X-API-KEY (generated and printed if absent).
     #[arg(long, env = "FIRKIN_API_KEY")]
     pub api_key: Option<String>,
+    /// Sandbox domain in create/connect responses (the SDK's `get_host(port)` gives
+    /// `{port}-{sandboxId}.{domain}`, which this server routes). Default `localhost:<port>`:
+    /// browsers and curl on this host resolve `*.localhost` to loopback.
+    #[arg(long, env = "FIRKIN_DOMAIN")]
+    pub domain: Option<String>,
     /// Built-in templates to build at start (the rest are built on first need).
     #[arg(long, env = "FIRKIN_PREPARE_TEMPLATES", default_value = "base,code-interpreter-v1")]
     pub prepare_templates: String,
@@ -24,7 +29,12 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let runtime = args.host.runtime()?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let domain = args.domain.clone().unwrap_or_else(|| format!("localhost:{}", addr.port()));
+    let runtime = args.host.runtime(Some(domain).filter(|d| !d.is_empty()))?;
     let api_key =
         args.api_key.clone().unwrap_or_else(|| format!("firkin_{}", firkin_core::ids::generate_secret()));
     let report = runtime.reconcile().await;
@@ -42,10 +52,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         prep.start_warm_pool();
     });
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let addr = listener.local_addr()?;
     println!("firkin is serving the E2B API on http://{addr}");
     println!("export E2B_API_URL=http://{addr}");
     println!("export E2B_SANDBOX_URL=http://{addr}");

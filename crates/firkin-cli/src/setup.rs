@@ -160,10 +160,12 @@ impl HostArgs {
         Ok(std::fs::canonicalize(&path)?)
     }
 
-    /// Builds the runtime on the real engine and network. Call from within a tokio runtime.
-    pub fn runtime(&self) -> anyhow::Result<Runtime> {
+    /// Builds the runtime on the real engine and network, reporting `domain` as the sandbox
+    /// domain. Call from within a tokio runtime.
+    pub fn runtime(&self, domain: Option<String>) -> anyhow::Result<Runtime> {
         let layout = Layout::from_env();
         let mut config = RuntimeConfig::new(layout.clone(), self.agent_path()?);
+        config.domain = domain;
         config.runsc_path = self.runsc.clone();
         config.warm_pool = self.warm_pool.clone();
         config.disk_floors = self.disk_floors;

@@ -158,23 +158,23 @@ async fn pause(
 }
 
 /// One current sample (no history is kept yet): `[SandboxMetric]`.
+/// `GET /sandboxes/{id}/metrics?start=&end=` (unix seconds, both optional).
 async fn sandbox_metrics(
     State(st): State<AppState>,
     Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Vec<SandboxMetric>>, ApiError> {
-    let m = st.runtime.metrics(&id).await?;
-    let now = time::OffsetDateTime::now_utc();
-    Ok(Json(vec![SandboxMetric {
-        timestamp: firkin_core::timefmt::rfc3339(now),
-        timestamp_unix: now.unix_timestamp(),
-        cpu_count: m.cpu_count,
-        cpu_used_pct: m.cpu_used_pct,
-        mem_used: m.mem_used,
-        mem_total: m.mem_total,
-        mem_cache: m.mem_cache,
-        disk_used: m.disk_used,
-        disk_total: m.disk_total,
-    }]))
+    let bound = |name: &str| -> Result<Option<i64>, ApiError> {
+        params
+            .get(name)
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| ApiError::bad_request(format!("{name} must be unix seconds, got {v:?}")))
+            })
+            .transpose()
+    };
+    let samples = st.runtime.metrics(&id, bound("start")?, bound("end")?).await?;
+    Ok(Json(samples.iter().map(SandboxMetric::from_sample).collect()))
 }
 
 async fn create_snapshot(

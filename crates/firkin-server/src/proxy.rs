@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -174,34 +174,162 @@ pub async fn signed_files(st: &AppState, req: Request) -> Response {
             Some(refusal) => refused(req, refusal).await,
             None => forward(st, &route, ENVD_PORT, req).await,
         },
-        None => ApiError::unauthorized("invalid or expired file URL signature (or the sandbox is gone)")
-            .into_response(),
+        None => ApiError::unauthorized(signed_url_refusal(expiration, unix_now())).into_response(),
     }
 }
 
-/// Streams `body` until it ends or the sandbox's traffic is cut (pause, kill). Dropping the
-/// upstream body mid-stream closes that connection to the agent.
-fn cuttable(body: Body, mut cut: tokio::sync::watch::Receiver<u64>) -> Body {
+/// Why no sandbox took a signed `/files` URL. An expiry in the past is said as envd says it
+/// (clients match on it); the signature itself cannot be checked once no sandbox accepts it.
+fn signed_url_refusal(expiration: Option<i64>, now: i64) -> &'static str {
+    match expiration {
+        Some(exp) if exp < now => firkin_wire::signature::SignatureRejection::Expired.message(),
+        _ => "invalid signature (or the sandbox is gone)",
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Streams `body` until it ends or the sandbox's traffic is cut (pause, snapshot, kill).
+/// Dropping the upstream body mid-stream closes that connection to the agent.
+///
+/// A cut stream never ends as if it had completed: a Connect streaming response (`connect`)
+/// cut between two messages ends with an end-of-stream error frame — `unavailable` when the
+/// sandbox is gone (`gone()`: killed or expired), `canceled` when it is only paused or
+/// snapshotted — and any other response, or one cut inside a message, is aborted, so the client
+/// sees a broken stream rather than a short but well-formed one.
+fn cuttable(
+    body: Body,
+    mut cut: tokio::sync::watch::Receiver<u64>,
+    connect: bool,
+    gone: impl Fn() -> bool + Send + Sync + 'static,
+) -> Body {
     cut.borrow_and_update();
-    let frames = futures_util::stream::unfold(Some((body, cut)), |state| async move {
-        let (mut body, mut cut) = state?;
+    let state = CutState { body, cut, framing: connect.then(EnvelopeTracker::default), gone: Box::new(gone) };
+    let frames = futures_util::stream::unfold(Some(state), |state| async move {
+        let mut state = state?;
         loop {
             tokio::select! {
-                frame = body.frame() => match frame {
+                frame = state.body.frame() => match frame {
                     None => return None,
                     Some(Err(e)) => return Some((Err(e), None)),
                     Some(Ok(f)) => {
                         if let Ok(data) = f.into_data() {
-                            return Some((Ok(data), Some((body, cut))));
+                            if let Some(framing) = state.framing.as_mut() {
+                                framing.feed(&data);
+                            }
+                            return Some((Ok(data), Some(state)));
                         }
                         // Trailers are not forwarded over HTTP/1.1.
                     }
                 },
-                _ = cut.changed() => return None,
+                _ = state.cut.changed() => return state.ending().map(|last| (last, None)),
             }
         }
     });
     Body::from_stream(frames)
+}
+
+/// A proxied response body that the sandbox's traffic cut may end.
+struct CutState {
+    body: Body,
+    cut: tokio::sync::watch::Receiver<u64>,
+    /// Message framing seen so far, for Connect streaming responses only.
+    framing: Option<EnvelopeTracker>,
+    gone: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl CutState {
+    /// The last item of a body whose traffic was cut: nothing when the Connect stream had
+    /// already completed, its end-of-stream error frame when it is between messages, else an
+    /// error that aborts the response.
+    fn ending(&self) -> Option<Result<Bytes, axum::Error>> {
+        match &self.framing {
+            Some(f) if f.at_boundary() && f.ended => None,
+            Some(f) if f.at_boundary() => Some(Ok(cut_end_stream((self.gone)()))),
+            _ => Some(Err(axum::Error::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the sandbox's traffic was cut while the response was streaming",
+            )))),
+        }
+    }
+}
+
+/// Whether a response is a Connect streaming response (enveloped messages).
+fn is_connect_stream(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/connect+"))
+}
+
+/// The Connect end-of-stream frame (flag 0x02) ending a stream that a cut interrupted. When the
+/// sandbox is gone the code is `unavailable`, worded so the SDK probes the sandbox (it then
+/// reports it killed); a pause or snapshot is `canceled`, which the SDK reports as a request
+/// ended by the server while in flight.
+fn cut_end_stream(gone: bool) -> Bytes {
+    let (code, message) = if gone {
+        (
+            "unavailable",
+            "the sandbox was killed while this stream was open, so the stream ended before completing",
+        )
+    } else {
+        (
+            "canceled",
+            "the sandbox was paused or snapshotted while this stream was open, so the stream was ended",
+        )
+    };
+    let payload = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let mut frame = Vec::with_capacity(5 + payload.len());
+    frame.push(CONNECT_END_STREAM);
+    frame.extend_from_slice(&u32::try_from(payload.len()).unwrap_or(u32::MAX).to_be_bytes());
+    frame.extend_from_slice(payload.as_bytes());
+    Bytes::from(frame)
+}
+
+/// Connect envelope flag of the end-of-stream message.
+const CONNECT_END_STREAM: u8 = 0x02;
+
+/// Follows the 5-byte-header envelopes of a Connect stream as its bytes pass, so a cut can
+/// tell whether it falls between two messages.
+#[derive(Debug, Default)]
+struct EnvelopeTracker {
+    header: [u8; 5],
+    header_len: usize,
+    /// Payload bytes of the current envelope still to come.
+    remaining: usize,
+    /// The end-of-stream envelope has started.
+    ended: bool,
+}
+
+impl EnvelopeTracker {
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(data.len());
+                self.remaining -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (5 - self.header_len).min(data.len());
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&data[..n]);
+            self.header_len += n;
+            data = &data[n..];
+            if self.header_len == 5 {
+                let [flags, a, b, c, d] = self.header;
+                self.ended |= flags & CONNECT_END_STREAM != 0;
+                self.remaining = u32::from_be_bytes([a, b, c, d]) as usize;
+                self.header_len = 0;
+            }
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.remaining == 0
+    }
 }
 
 async fn forward(st: &AppState, route: &SandboxRoute, port: u16, req: Request) -> Response {
@@ -226,7 +354,10 @@ async fn forward(st: &AppState, route: &SandboxRoute, port: u16, req: Request) -
             for h in HOP_BY_HOP {
                 parts.headers.remove(*h);
             }
-            Response::from_parts(parts, cuttable(Body::new(body), route.cut.clone()))
+            let connect = is_connect_stream(&parts.headers);
+            let (runtime, id) = (st.runtime.clone(), route.id.to_string());
+            let gone = move || runtime.get_visible(&id).is_err();
+            Response::from_parts(parts, cuttable(Body::new(body), route.cut.clone(), connect, gone))
         }
         Err(e) if e.is_connect() => {
             // The sandbox may have been killed while the request was in flight.
@@ -246,5 +377,131 @@ async fn forward(st: &AppState, route: &SandboxRoute, port: u16, req: Request) -
             )
             .into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(flags: u8, payload: &str) -> Vec<u8> {
+        let mut out = vec![flags];
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(payload.as_bytes());
+        out
+    }
+
+    /// A body fed chunk by chunk through a channel, and the cut signal of its sandbox.
+    fn live_body() -> (tokio::sync::mpsc::Sender<Vec<u8>>, tokio::sync::watch::Sender<u64>, Body) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+        let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|c| (Ok::<_, std::io::Error>(c), rx))
+        });
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        (tx, cut, Body::from_stream(chunks))
+    }
+
+    /// Sends `chunks`, then cuts, and returns what the client received (or the body's error).
+    async fn cut_after(chunks: Vec<Vec<u8>>, connect: bool, gone: bool) -> Result<Vec<u8>, String> {
+        let (tx, cut, upstream) = live_body();
+        let body = cuttable(upstream, cut.subscribe(), connect, move || gone);
+        let reader = tokio::spawn(async move {
+            body.collect().await.map(|c| c.to_bytes().to_vec()).map_err(|e| e.to_string())
+        });
+        for c in chunks {
+            tx.send(c).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        cut.send_modify(|epoch| *epoch += 1);
+        let out = tokio::time::timeout(Duration::from_secs(5), reader).await.unwrap().unwrap();
+        drop(tx);
+        out
+    }
+
+    fn end_stream_error(bytes: &[u8]) -> (String, String) {
+        assert_eq!(bytes[0], CONNECT_END_STREAM);
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        assert_eq!(bytes.len(), 5 + len, "the error frame is the last thing sent");
+        let v: serde_json::Value = serde_json::from_slice(&bytes[5..]).unwrap();
+        (v["error"]["code"].as_str().unwrap().into(), v["error"]["message"].as_str().unwrap().into())
+    }
+
+    #[tokio::test]
+    async fn a_kill_ends_a_connect_stream_with_unavailable_after_the_last_whole_message() {
+        let start = envelope(0, r#"{"event":{"start":{"pid":7}}}"#);
+        let out = cut_after(vec![start.clone()], true, true).await.unwrap();
+        assert_eq!(&out[..start.len()], &start[..]);
+        let (code, message) = end_stream_error(&out[start.len()..]);
+        assert_eq!(code, "unavailable");
+        // Not the proxy's "not found" / "port is not open" wording: the SDK must probe the
+        // sandbox to learn that it is gone.
+        assert!(message.contains("killed") && !message.contains("was not found"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_pause_ends_a_connect_stream_as_canceled() {
+        let out = cut_after(vec![], true, false).await.unwrap();
+        assert_eq!(end_stream_error(&out).0, "canceled");
+    }
+
+    #[tokio::test]
+    async fn a_cut_inside_a_message_or_of_another_stream_aborts_it() {
+        let msg = envelope(0, r#"{"event":{"keepalive":{}}}"#);
+        // Cut after a header and part of the payload: appending a frame would corrupt it.
+        assert!(cut_after(vec![msg[..8].to_vec()], true, true).await.is_err());
+        // Cut inside the 5-byte header.
+        assert!(cut_after(vec![msg[..3].to_vec()], true, true).await.is_err());
+        // An NDJSON stream (code interpreter's /execute) has no error frame: it is aborted.
+        assert!(cut_after(vec![b"{\"type\":\"stdout\"}\n".to_vec()], false, true).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_completed_connect_stream_is_left_alone() {
+        let end = envelope(CONNECT_END_STREAM, "{}");
+        let out = cut_after(vec![end.clone()], true, true).await.unwrap();
+        assert_eq!(out, end);
+    }
+
+    #[tokio::test]
+    async fn an_uncut_body_passes_through_whole() {
+        let (tx, _cut, upstream) = live_body();
+        let (_keep, rx) = tokio::sync::watch::channel(0u64);
+        let body = cuttable(upstream, rx, true, || false);
+        let msg = envelope(0, "{}");
+        tx.send(msg[..2].to_vec()).await.unwrap();
+        tx.send(msg[2..].to_vec()).await.unwrap();
+        drop(tx);
+        assert_eq!(body.collect().await.unwrap().to_bytes().to_vec(), msg);
+    }
+
+    #[test]
+    fn tracker_follows_split_envelopes() {
+        let mut t = EnvelopeTracker::default();
+        let a = envelope(0, "abc");
+        let b = envelope(CONNECT_END_STREAM, "{}");
+        let all: Vec<u8> = a.iter().chain(b.iter()).copied().collect();
+        for (i, byte) in all.iter().enumerate() {
+            t.feed(&[*byte]);
+            let boundary = i + 1 == a.len() || i + 1 == all.len();
+            assert_eq!(t.at_boundary(), boundary, "after byte {i}");
+        }
+        assert!(t.ended);
+    }
+
+    #[test]
+    fn connect_stream_content_types() {
+        let mut h = axum::http::HeaderMap::new();
+        assert!(!is_connect_stream(&h));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/connect+json"));
+        assert!(is_connect_stream(&h));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        assert!(!is_connect_stream(&h));
+    }
+
+    #[test]
+    fn expired_signed_urls_say_so() {
+        assert_eq!(signed_url_refusal(Some(99), 100), "signature is already expired");
+        assert_ne!(signed_url_refusal(Some(100), 100), "signature is already expired");
+        assert_ne!(signed_url_refusal(None, 100), "signature is already expired");
     }
 }

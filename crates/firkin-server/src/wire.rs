@@ -264,6 +264,23 @@ pub struct SandboxMetric {
     pub disk_total: u64,
 }
 
+impl SandboxMetric {
+    pub fn from_sample(s: &firkin_core::runtime::metrics::MetricSample) -> SandboxMetric {
+        let m = &s.metrics;
+        SandboxMetric {
+            timestamp: rfc3339(s.at),
+            timestamp_unix: s.at.unix_timestamp(),
+            cpu_count: m.cpu_count,
+            cpu_used_pct: m.cpu_used_pct,
+            mem_used: m.mem_used,
+            mem_total: m.mem_total,
+            mem_cache: m.mem_cache,
+            disk_used: m.disk_used,
+            disk_total: m.disk_total,
+        }
+    }
+}
+
 /// `POST /sandboxes/{id}/snapshots` body.
 #[derive(Debug, Deserialize, Default)]
 pub struct SnapshotBody {

@@ -124,7 +124,7 @@ pub fn progress(i: usize, runs: usize, what: &str) {
 pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     // The scenarios manage warm pools themselves.
     args.host.warm_pool.clear();
-    let runtime = args.host.runtime()?;
+    let runtime = args.host.runtime(None)?;
     runtime.reconcile().await;
     runtime.start_network().await.context("starting the sandbox network")?;
     let all = match args.scenario {

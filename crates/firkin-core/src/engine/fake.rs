@@ -14,6 +14,8 @@ pub struct FakeEngine {
     pub fail_next_checkpoint: Mutex<bool>,
     /// While set, `destroy` fails and leaves the sandbox running (as a hung `runsc delete`).
     pub fail_destroy: Mutex<bool>,
+    /// How long each checkpoint takes (to catch requests in the middle of a pause).
+    pub checkpoint_delay: Mutex<std::time::Duration>,
 }
 
 /// Takes a one-shot fault flag.
@@ -40,6 +42,7 @@ impl Engine for FakeEngine {
         image_dir: &std::path::Path,
         after: AfterCheckpoint,
     ) -> Result<(), EngineError> {
+        std::thread::sleep(*self.checkpoint_delay.lock().unwrap_or_else(|e| e.into_inner()));
         if take(&self.fail_next_checkpoint) {
             return Err(EngineError::Runsc {
                 id: id.clone(),

@@ -6,16 +6,11 @@
 //! first, so any start after it uses the new policy, then waits out a start already under way
 //! and applies the policy to the running sandbox. Connections already open stay open.
 
-use std::time::{Duration, Instant};
-
 use super::error::Operation;
 use super::{Runtime, RuntimeError};
 use crate::ids::SandboxId;
 use crate::lifecycle::SandboxState;
 use crate::network::EgressPolicy;
-
-/// How long an update waits for a create, resume, pause or snapshot in progress.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Runtime {
     /// Replaces a sandbox's egress policy (running or paused). Returns once it is in force.
@@ -23,26 +18,13 @@ impl Runtime {
         let rec = self.get_visible(id)?;
         self.update(&rec.id, |r| r.egress = policy.clone());
         self.persist(&rec.id)?;
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
-        loop {
-            let now = self.get(&rec.id)?;
-            match now.state {
-                SandboxState::Paused => return Ok(()),
-                SandboxState::Running => {
-                    let Some(slot) = now.net_slot else { return Ok(()) };
-                    // The record may have changed again meanwhile: apply what it says now.
-                    return self.apply_egress(&rec.id, slot, now.egress, Operation::UpdateNetwork).await;
-                }
-                SandboxState::Killed => return Err(RuntimeError::SandboxNotFound(id.to_owned())),
-                _ if Instant::now() > deadline => {
-                    return Err(RuntimeError::Internal(format!(
-                        "network update of sandbox {id}: it stayed {:?} for {}s",
-                        now.state,
-                        SETTLE_TIMEOUT.as_secs()
-                    )))
-                }
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        let now = self.settled(&rec.id, "network update").await?;
+        match (now.state, now.net_slot) {
+            // The record may have changed again meanwhile: apply what it says now.
+            (SandboxState::Running, Some(slot)) => {
+                self.apply_egress(&rec.id, slot, now.egress, Operation::UpdateNetwork).await
             }
+            _ => Ok(()),
         }
     }
 

@@ -12,6 +12,7 @@ mod expiry;
 pub mod freshness;
 mod heartbeat;
 pub mod list;
+pub mod metrics;
 mod ops;
 mod pause;
 mod reconcile;
@@ -88,6 +89,8 @@ struct Inner {
     /// Per-sandbox engine/network locks: a background teardown holds one, so a resume or kill
     /// of the same sandbox waits for it before reusing the sandbox's namespace name.
     engine_locks: Mutex<BTreeMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Recent metric samples per sandbox.
+    metrics: Mutex<metrics::MetricHistory>,
     /// Teardowns still running in the background (awaited at shutdown).
     teardowns: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -119,6 +122,7 @@ impl Runtime {
                 slots: Mutex::new(SlotAllocator::new(NET_SLOTS)),
                 cuts: Mutex::new(BTreeMap::new()),
                 engine_locks: Mutex::new(BTreeMap::new()),
+                metrics: Mutex::new(metrics::MetricHistory::default()),
                 teardowns: Mutex::new(Vec::new()),
             }),
         }
@@ -145,7 +149,9 @@ impl Runtime {
     pub fn start_background(&self) -> tokio::task::JoinHandle<()> {
         let rt = self.clone();
         let hb = self.clone();
+        let sampler = self.clone();
         tokio::spawn(async move { hb.heartbeat_loop().await });
+        tokio::spawn(async move { sampler.metrics_loop().await });
         tokio::spawn(async move { rt.expiry_loop().await })
     }
 

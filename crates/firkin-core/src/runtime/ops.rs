@@ -123,6 +123,7 @@ impl Runtime {
         self.forget_record(&id);
         self.cut_traffic(&id, Cut::AndForget);
         self.inner.syncs.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.forget_metrics(&id);
         tracing::info!(sandbox = %id, "sandbox killed");
         Ok(Killed { id, slot: rec.net_slot, reservation: rec.reservation, started })
     }
@@ -167,24 +168,21 @@ impl Runtime {
         Ok(updated)
     }
 
-    /// Connects to a sandbox: a running one has its end time extended (never shortened).
+    /// Connects to a sandbox: a paused one is resumed, a running one has its end time extended
+    /// (never shortened). One in the middle of a pause, resume or snapshot is waited for first,
+    /// as E2B does (a connect during an automatic pause resumes it once it is paused).
     pub async fn connect(&self, id: &str, timeout: Option<Duration>) -> Result<ConnectOutcome, RuntimeError> {
-        let rec = self.get_visible(id)?;
         let timeout = self.checked_timeout(timeout)?;
-        match rec.state {
-            SandboxState::Paused => {
-                let record = self.resume(rec, timeout).await?;
-                return Ok(ConnectOutcome { record, resumed: true });
-            }
-            SandboxState::Running => {}
-            other => {
-                return Err(RuntimeError::Transition {
-                    id: id.to_owned(),
-                    source: crate::lifecycle::TransitionError {
-                        from: other,
-                        event: LifecycleEvent::BeginResume,
-                    },
-                })
+        let rec = self.settled(&self.get_visible(id)?.id, "connect").await?;
+        if rec.state == SandboxState::Paused {
+            match self.resume(rec, timeout).await {
+                Ok(record) => return Ok(ConnectOutcome { record, resumed: true }),
+                // Another request began resuming it meanwhile: wait for that one.
+                Err(RuntimeError::Transition { source, .. }) if source.from == SandboxState::Resuming => {
+                    let record = self.settled(&Self::parse_id(id)?, "connect").await?;
+                    return Ok(ConnectOutcome { record, resumed: true });
+                }
+                Err(e) => return Err(e),
             }
         }
         let wanted = OffsetDateTime::now_utc() + timeout;
@@ -198,43 +196,25 @@ impl Runtime {
         Ok(ConnectOutcome { record, resumed: false })
     }
 
-    /// Current resource usage as measured inside the sandbox by its agent.
-    pub async fn metrics(&self, id: &str) -> Result<crate::agent_client::AgentMetrics, RuntimeError> {
-        let rec = self.get_visible(id)?;
-        if rec.state != SandboxState::Running {
-            return Ok(crate::agent_client::AgentMetrics::default());
-        }
-        let mut m = self
-            .inner
-            .agent
-            .metrics(rec.agent_ip, &rec.access_token)
-            .await
-            .map_err(|source| RuntimeError::Agent { id: id.to_owned(), source })?;
-        // Disk as the host accounts it: the sandbox's own disk (inside, gVisor's overlay reports
-        // no real size).
-        if let Some(d) = self.inner.engine.disk_usage(&rec.id) {
-            m.disk_used = d.used;
-            m.disk_total = d.total;
-        }
-        // CPU and memory as the host accounts them (the sandbox's cgroup): two readings 200 ms
-        // apart for the CPU share.
-        let cg_id = rec.id.to_string();
-        let before = crate::engine::cgroup::usage(&cg_id);
-        if let Some(before) = before {
-            let t0 = Instant::now();
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if let Some(after) = crate::engine::cgroup::usage(&cg_id) {
-                let wall = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                m.cpu_count = rec.cpu_count;
-                m.cpu_used_pct =
-                    crate::engine::cgroup::cpu_percent(before.cpu_ns, after.cpu_ns, wall, rec.cpu_count);
-                m.mem_used = after.memory_bytes;
-                // The sandbox's memory, not the host cgroup's limit: that one has headroom
-                // above it as a backstop for the agent's own OOM killer.
-                m.mem_total = u64::from(rec.memory_mb) << 20;
+    /// The sandbox's record once it is running or paused: a pause, resume or snapshot in
+    /// progress is waited for (bounded). `op` names the caller in a timeout error.
+    pub(super) async fn settled(&self, id: &SandboxId, op: &str) -> Result<SandboxRecord, RuntimeError> {
+        const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let rec = self.get(id)?;
+            match rec.state {
+                SandboxState::Running | SandboxState::Paused => return Ok(rec),
+                SandboxState::Killed => return Err(RuntimeError::SandboxNotFound(id.to_string())),
+                other if Instant::now() > deadline => {
+                    return Err(RuntimeError::Internal(format!(
+                        "{op} of sandbox {id}: it stayed {other:?} for {}s",
+                        SETTLE_TIMEOUT.as_secs()
+                    )))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
-        Ok(m)
     }
 
     /// Where to send traffic for `id`, if it is running.

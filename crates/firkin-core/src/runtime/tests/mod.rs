@@ -220,6 +220,27 @@ async fn restart_readopts_paused_and_running_and_cleans_the_rest() {
 }
 
 #[tokio::test]
+async fn a_connect_during_a_pause_waits_for_it_then_resumes() {
+    let engine = Arc::new(FakeEngine::default());
+    let (rt, dir) = runtime(22, engine.clone());
+    agents(22, 8).await;
+    let id = rt.create(req()).await.unwrap().id.to_string();
+    *engine.checkpoint_delay.lock().unwrap() = Duration::from_millis(400);
+    let pausing = tokio::spawn({
+        let (rt, id) = (rt.clone(), id.clone());
+        async move { rt.pause(&id).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(rt.get_visible(&id).unwrap().state, crate::lifecycle::SandboxState::Pausing);
+    let out = rt.connect(&id, Some(Duration::from_secs(30))).await.unwrap();
+    assert!(out.resumed, "it was paused first, then resumed");
+    assert_eq!(out.record.state, crate::lifecycle::SandboxState::Running);
+    pausing.await.unwrap().unwrap();
+    rt.kill_all().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
 async fn snapshot_create_from_it_and_fork() {
     let engine = Arc::new(FakeEngine::default());
     let (rt, dir) = runtime(10, engine.clone());
