@@ -14,12 +14,17 @@ It builds, all owned by one tag T (1-10 characters of [a-z0-9]):
   payload (for the spoofed-source test);
 - dnsmasq on the namespace address, port 53 (udp and tcp), with no upstream and no hosts file:
   web.example.test -> .10, other.example.test -> .11, wild.example.test and every name under it
-  -> .12, NXDOMAIN for everything else; queries are logged;
+  -> .12, private.example.test -> 10.123.45.67 (a probe, below), NXDOMAIN for everything else;
+  queries are logged;
 - a guard: nft table `inet fkguard-T` (forward hook, priority -5) dropping forwarded packets
   from 10.208.0.0/12 (the test servers' sandbox subnets) to anything outside 198.18.0.0/15
   unless they go out through a sandbox's host veth (`fh*`, firkin's names), i.e. stay on this
   machine; IPv6 forwarded from a sandbox veth to anything but another is dropped too. Packets
   between sandboxes are left to firkin's own fences, so tests of those stay honest.
+  Four private probe addresses (PROBES; nothing has them) pass the guard and are dropped by its
+  witness chain at priority 10, after firkin's forward filter, with a counter: a count means
+  firkin let such a packet through (`witnessed()`), so private-range fences are observable
+  without any packet leaving the machine.
 
 CLI (root):
     python3 tests/fakenet.py up --tag T [--link 198.19.250.4/30] [--web 198.18.1.0/24] [--env]
@@ -52,6 +57,11 @@ import threading
 import time
 
 TEST_NET = ipaddress.ip_network("198.18.0.0/15")
+# Private addresses nothing on this machine has: packets to them are let past the guard to a
+# witness chain that runs after firkin's own forward filter and records (source, probe, port),
+# and are dropped right after it. A record means firkin let the packet through (its fence did
+# not hold, or a policy opened the range).
+PROBES = ("10.123.45.67", "172.31.45.67", "192.168.245.67", "100.127.45.67")
 GUARDED_SOURCES = "10.208.0.0/12"
 UDP_PORT = 9999
 RUN_ROOT = "/run"
@@ -92,7 +102,8 @@ class FakeNet:
         self.web = [str(self.web_net.network_address + i) for i in (10, 11, 12)]
         self.bodies = {a: f"fake-web-{a.rsplit('.', 1)[1]}" for a in self.web}
         self.names = {"web.example.test": self.web[0], "other.example.test": self.web[1],
-                      "*.wild.example.test": self.web[2]}
+                      "*.wild.example.test": self.web[2], "private.example.test": PROBES[0]}
+        self.probes = list(PROBES)
         self.udp = (self.web[0], UDP_PORT)
         self.guard_table = f"fkguard-{tag}"
         self.dir = os.path.join(RUN_ROOT, f"fkfn-{tag}")
@@ -110,7 +121,7 @@ class FakeNet:
             "dns": self.dns, "web": self.web, "bodies": self.bodies, "names": self.names,
             "udp": f"{self.udp[0]}:{self.udp[1]}", "guard_table": f"inet {self.guard_table}",
             "dir": self.dir, "dns_log": self.dns_log, "requests_log": self.requests_log,
-            "udp_log": self.udp_log, "description": self.description_path,
+            "udp_log": self.udp_log, "description": self.description_path, "probes": self.probes,
         }
 
     @classmethod
@@ -151,11 +162,28 @@ class FakeNet:
     def _guard_up(self):
         # Forwarded from the test subnets to anywhere but TEST-NET: dropped unless they go to
         # another sandbox's host veth (firkin names them fh<id>), i.e. stay on this machine.
+        # The probe addresses pass here, are recorded by the witness (priority 10: after
+        # firkin's filter at 0) and dropped, whatever their source, by the sink (11, before any
+        # NAT). All chains come and go together, in one transaction. The witness only records,
+        # so several fake internets' witnesses each see every probe that firkin let through.
+        probes = ", ".join(PROBES)
         rules = f"""table inet {self.guard_table} {{
   chain guard {{
     type filter hook forward priority -5; policy accept;
+    ip saddr {GUARDED_SOURCES} ip daddr {{ {probes} }} accept
     ip saddr {GUARDED_SOURCES} ip daddr != {TEST_NET} oifname != "fh*" counter drop
     meta nfproto ipv6 iifname "fh*" oifname != "fh*" counter drop
+  }}
+  set seen {{
+    type ipv4_addr . ipv4_addr . inet_service; flags dynamic, timeout; timeout 10m; size 65535;
+  }}
+  chain witness {{
+    type filter hook forward priority 10; policy accept;
+    ip daddr {{ {probes} }} meta l4proto {{ tcp, udp }} add @seen {{ ip saddr . ip daddr . th dport }}
+  }}
+  chain sink {{
+    type filter hook forward priority 11; policy accept;
+    ip daddr {{ {probes} }} counter drop
   }}
 }}
 """
@@ -206,7 +234,7 @@ class FakeNet:
         # Exact names as host records (their AAAA is an empty answer, as for a real IPv4-only
         # name); the wildcard as an address (AAAA: NXDOMAIN, which resolvers take in stride).
         args += [f"--host-record=web.example.test,{self.web[0]}", f"--host-record=other.example.test,{self.web[1]}",
-                 f"--address=/wild.example.test/{self.web[2]}"]
+                 f"--address=/wild.example.test/{self.web[2]}", f"--host-record=private.example.test,{PROBES[0]}"]
         _run(*args, ns=self.netns)
         deadline = time.time() + 10
         while True:
@@ -272,8 +300,32 @@ class FakeNet:
 
     def guard_drops(self):
         """Packets the guard dropped so far (something tried to leave the machine)."""
-        out = _run("nft", "list", "table", "inet", self.guard_table, check=False).stdout
+        out = _run("nft", "list", "chain", "inet", self.guard_table, "guard", check=False).stdout
         return sum(int(n) for n in re.findall(r"counter packets (\d+)", out))
+
+    def witness_blocked_by(self):
+        """Other guard tables that drop the probes before any witness sees them (fake internets
+        made by an older fakenet.py, without the witness): while one exists, `witnessed()` sees
+        nothing. Returns their names."""
+        out = _run("nft", "-j", "list", "chains", "inet", check=False).stdout
+        chains = {}
+        for item in json.loads(out or '{"nftables": []}')["nftables"]:
+            if "chain" in item:
+                chains.setdefault(item["chain"]["table"], set()).add(item["chain"]["name"])
+        return sorted(t for t, names in chains.items() if t.startswith("fkguard-") and "sink" not in names)
+
+    def witnessed(self, port=None):
+        """{(source, probe, port)} of tcp/udp packets to the probe addresses that got past
+        firkin's forward filter in the last 10 minutes (only `port`'s, if given). Use a port of
+        the test's own, so nothing else's packets count."""
+        out = _run("nft", "-j", "list", "set", "inet", self.guard_table, "seen", check=False).stdout
+        got = set()
+        for item in json.loads(out or '{"nftables": []}')["nftables"]:
+            for e in item.get("set", {}).get("elem", []):
+                v = e["elem"]["val"]["concat"] if isinstance(e, dict) and "elem" in e else e["concat"]
+                if port is None or v[2] == port:
+                    got.add((v[0], v[1], v[2]))
+        return got
 
 
 def _read_jsonl(path):
@@ -428,7 +480,8 @@ def check(net):
     for a in net.web:
         assert http_get(a) == net.bodies[a], a
     for name, want in [("web.example.test", [net.web[0]]), ("other.example.test", [net.web[1]]),
-                       ("wild.example.test", [net.web[2]]), ("a.b.wild.example.test", [net.web[2]])]:
+                       ("wild.example.test", [net.web[2]]), ("a.b.wild.example.test", [net.web[2]]),
+                       ("private.example.test", [PROBES[0]])]:
         for tcp in (False, True):
             assert dns_query(net.dns, name, tcp=tcp) == (0, want), (name, tcp)
     assert dns_query(net.dns, "nothing.example.test")[0] == 3, "NXDOMAIN"
@@ -446,8 +499,9 @@ def check(net):
 
 
 def selftest(tag="st"):
-    """Without firkin: a client namespace in 10.219.0.0/30 behind the host, NAT by a temporary
-    nft table of our own, forwarding on only for the duration (then restored)."""
+    """Without firkin: a client namespace in 10.223.255.0/30 (inside the guarded 10.208.0.0/12,
+    outside any test server's subnet) behind the host, NAT by a temporary nft table of our own,
+    forwarding on only for the duration (then restored)."""
     # The host end is named like a firkin sandbox's (fh*): a firkin server with egress on drops
     # forwarding between any other interfaces (it turned forwarding on for its sandboxes only).
     client, hif, cif, table = f"fkfc-{tag}", f"fhfkfc{tag}", f"fkfcp-{tag}", f"fkfcnat-{tag}"
@@ -460,19 +514,19 @@ def selftest(tag="st"):
         try:
             _run("ip", "netns", "add", client)
             _run("ip", "link", "add", hif, "type", "veth", "peer", "name", cif, "netns", client)
-            _run("ip", "addr", "add", "10.219.0.1/30", "dev", hif)
+            _run("ip", "addr", "add", "10.223.255.1/30", "dev", hif)
             _run("ip", "link", "set", hif, "up")
-            _run("ip", "-n", client, "addr", "add", "10.219.0.2/30", "dev", cif)
+            _run("ip", "-n", client, "addr", "add", "10.223.255.2/30", "dev", cif)
             _run("ip", "-n", client, "link", "set", cif, "up")
             _run("ip", "-n", client, "link", "set", "lo", "up")
-            _run("ip", "-n", client, "route", "add", "default", "via", "10.219.0.1")
+            _run("ip", "-n", client, "route", "add", "default", "via", "10.223.255.1")
             _run("nft", "-f", "-", input=f"""table ip {table} {{
   chain post {{ type nat hook postrouting priority 100; policy accept;
-    ip saddr 10.219.0.0/30 ip daddr {net.web_net} masquerade
-    ip saddr 10.219.0.0/30 ip daddr {net.ns_addr} masquerade
+    ip saddr 10.223.255.0/30 ip daddr {net.web_net} masquerade
+    ip saddr 10.223.255.0/30 ip daddr {net.ns_addr} masquerade
   }}
-  chain backstop {{ type filter hook forward priority 10; policy accept;
-    ip saddr 10.219.0.0/30 ip daddr != {TEST_NET} drop
+  chain backstop {{ type filter hook forward priority 20; policy accept;
+    ip saddr 10.223.255.0/30 ip daddr != {TEST_NET} drop
   }}
 }}
 """)
@@ -488,13 +542,22 @@ def selftest(tag="st"):
             curl = _run("curl", "-sS", "--max-time", "5", f"http://{net.web[1]}/", ns=client).stdout
             assert curl == net.bodies[net.web[1]], curl
             # The guard: from the test subnet to a non-TEST-NET address the packet is dropped
-            # at the host before it could leave (10.219.0.2 -> 192.0.2.255 would go via uplink).
+            # at the host before it could leave (to 203.0.113.9 it would go via the uplink).
             before = net.guard_drops()
             _run(sys.executable, "-c", "import socket; s=socket.socket(2,2); s.sendto(b'x', ('203.0.113.9', 9))",
                  ns=client)
             time.sleep(0.2)
             assert net.guard_drops() == before + 1, ("guard did not drop", before, net.guard_drops())
-            print("client namespace: http, dns udp+tcp, curl and guard: ok")
+            # The witness: a probe address passes the guard and is recorded and dropped after.
+            if net.witness_blocked_by():
+                print(f"witness: not checked, older guards drop probes first: {net.witness_blocked_by()}")
+            dropped = net.guard_drops()
+            _run(sys.executable, "-c", f"import socket; s=socket.socket(2,2); s.sendto(b'x', ({PROBES[1]!r}, 4099))",
+                 ns=client)
+            time.sleep(0.2)
+            assert net.witness_blocked_by() or net.witnessed(4099) == {("10.223.255.2", PROBES[1], 4099)}
+            assert net.guard_drops() == dropped
+            print("client namespace: http, dns udp+tcp, curl, guard and witness: ok")
         finally:
             with open(fwd_path, "w") as f:
                 f.write(fwd_before)

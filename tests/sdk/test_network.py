@@ -386,6 +386,33 @@ def test_link_local_and_private_ranges_are_fenced(sandboxes, net):
             assert cidr in rules.stdout, f"{cidr} not in the server's rules"
 
 
+def witness_port(net):
+    """A port of this test's own for the witness (see tests/fakenet.py PROBES), or a skip."""
+    blocked = net.witness_blocked_by()
+    if blocked:
+        pytest.skip(f"older fake internets' guards drop the probe addresses first: {blocked}")
+    return 20000 + int.from_bytes(os.urandom(2), "big") % 40000
+
+
+def test_private_ranges_are_fenced_by_the_server_itself(sandboxes, net):
+    """Private probe addresses from an open sandbox, by address and through DNS: none passes
+    firkin's forward filter (the fake internet's witness records what does, then drops it)."""
+    port = witness_port(net)
+    sbx = sandboxes(timeout=120)
+    probe(sbx, [f"{p}:{port}" for p in net.probes], secs=2)
+    assert resolve(sbx, "private.example.test") == [net.probes[0]]
+    curl(sbx, f"http://private.example.test:{port}/", secs=2)
+    assert net.witnessed(port) == set()
+
+
+def test_a_private_range_opens_when_allow_out_names_it(sandboxes, net):
+    port = witness_port(net)
+    sbx = sandboxes(timeout=120, network={"allow_out": ["10.123.45.0/24"]})
+    me = sandbox_ip(sbx)
+    probe(sbx, [f"{p}:{port}" for p in net.probes], secs=2)
+    assert net.witnessed(port) == {(me, net.probes[0], port)}, "only the named range opens"
+
+
 # An IPv4/UDP packet with any source, built by hand. Sent from inside the sandbox through a raw
 # socket when gVisor allows one; else written as an Ethernet frame onto the sandbox's end of its
 # veth, from the sandbox's network namespace on the host: to the host this is exactly what a
