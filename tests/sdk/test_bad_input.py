@@ -131,9 +131,15 @@ def test_killed_sandbox_traffic_gets_502_not_found(api):
 def test_unsupported_features_say_so(api, sandbox):
     r = api.post(f"/sandboxes/{sandbox.sandbox_id}/snapshots", headers=auth_headers(), json={"memory": False})
     assert r.status_code == 501 and "filesystem-only" in r.json()["message"]
-    body = {"templateID": "base", "allow_internet_access": True, "metadata": {}, "envVars": {}}
+    proxy = {"egressProxy": {"address": "proxy.example.test:1080"}}
+    body = {"templateID": "base", "network": proxy, "metadata": {}, "envVars": {}}
     r = api.post("/v2/sandboxes", headers=auth_headers(), json=body)
-    assert r.status_code == 501 and "allow_internet_access" in r.json()["message"]
+    assert r.status_code == 501 and "egressProxy" in r.json()["message"]
+    r = api.put(f"/sandboxes/{sandbox.sandbox_id}/network", headers=auth_headers(), json=proxy)
+    assert r.status_code == 501 and "egressProxy" in r.json()["message"]
+    # A domain in denyOut is bad input, named.
+    r = api.put(f"/sandboxes/{sandbox.sandbox_id}/network", headers=auth_headers(), json={"denyOut": ["example.test"]})
+    assert r.status_code == 400 and "denyOut" in r.json()["message"]
     # autoResume is supported, but only together with autoPause (E2B's rule).
     body = {"templateID": "base", "autoResume": {"enabled": True}, "metadata": {}, "envVars": {}}
     r = api.post("/v2/sandboxes", headers=auth_headers(), json=body)

@@ -14,8 +14,12 @@
 //! (capabilities are per thread), keeps it to itself: [`confine_mount_capability`] drops it
 //! from its bounding, inheritable and ambient sets, so no program it executes — `sudo` and
 //! root commands included — gains it (measured in gVisor: a root child then shows exactly the
-//! Docker default set and its `mount`/`umount` fail with EPERM). Without the capability (a spec
-//! that does not grant it) the sandbox keeps its source's boot id and the agent logs why.
+//! Docker default set and its `mount`/`umount` fail with EPERM). It also leaves the effective
+//! set, so it is raised only on the thread that mounts, for the mount: an effective
+//! `CAP_SYS_ADMIN` exempts a process from `RLIMIT_NPROC`, and the agent's spawns of the user's
+//! commands must stay charged to (and refused by) the user's process limit. Without the
+//! capability (a spec that does not grant it) the sandbox keeps its source's boot id and the
+//! agent logs why.
 //!
 //! So at `/init` for a sandbox id other than the one the current boot id was made for, the
 //! agent writes a fresh random (version 4) UUID to [`BOOT_ID_FILE`] and bind mounts it,
@@ -53,7 +57,7 @@ pub fn refresh_for(sandbox_id: &str) {
         return;
     }
     let id = random_uuid();
-    match replace(Path::new(BOOT_ID_FILE), Path::new(PROC_BOOT_ID), &id) {
+    match with_admin(|| replace(Path::new(BOOT_ID_FILE), Path::new(PROC_BOOT_ID), &id)) {
         Ok(()) => {
             tracing::info!(boot_id = %id, "boot id made for this sandbox");
             *made_for = Some(sandbox_id.to_owned());
@@ -97,8 +101,9 @@ pub fn confine_mount_capability() -> bool {
     }
     let held = data[0].permitted & bit != 0;
     // Lowering the inheritable set also clears the ambient one (Linux); the bounding set limits
-    // what any later exec can gain.
+    // what any later exec can gain. Permitted only: raised for each mount (see `with_admin`).
     data[0].inheritable &= !bit;
+    data[0].effective &= !bit;
     // SAFETY: capset reads one header and two data words, which both pointers hold.
     let set = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
     let set = (set == 0).then_some(()).ok_or_else(std::io::Error::last_os_error);
@@ -128,6 +133,32 @@ pub fn confine_mount_capability() -> bool {
     }
     CAN_MOUNT.store(held, Ordering::Relaxed);
     held
+}
+
+/// Runs `f` with `CAP_SYS_ADMIN` effective on this thread, lowered again after (capabilities
+/// are per thread: no other thread of the agent holds it meanwhile).
+fn with_admin<T>(f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+    fn set(on: bool) -> std::io::Result<()> {
+        let mut hdr = CapHeader { version: CAPABILITY_VERSION_3, pid: 0 };
+        let mut data = [CapData::default(); 2];
+        // SAFETY: capget writes one header and two data words, which both pointers hold.
+        if unsafe { libc::syscall(libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let bit = 1u32 << CAP_SYS_ADMIN;
+        data[0].effective = if on { data[0].effective | bit } else { data[0].effective & !bit };
+        // SAFETY: capset reads one header and two data words, which both pointers hold.
+        if unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    set(true)?;
+    let out = f();
+    if let Err(e) = set(false) {
+        tracing::error!(error = %e, "cannot lower CAP_SYS_ADMIN after a mount");
+    }
+    out
 }
 
 /// A random version-4 UUID in the kernel's format (lower-case hex, 8-4-4-4-12).
