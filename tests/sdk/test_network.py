@@ -24,6 +24,7 @@ import uuid
 import httpx
 import pytest
 from e2b import CommandExitException, Sandbox
+from e2b.exceptions import SandboxException
 
 from conftest import API_URL
 
@@ -228,6 +229,20 @@ def test_deny_all_then_allow_a_wildcard_domain(sandboxes, net):
     assert_reaches(sbx, net, "a.b.wild.example.test", net.web[2])
     assert_blocked(sbx, "web.example.test")
     assert_blocked(sbx, net.web[0])
+
+
+def test_bad_policies_are_refused(sandboxes, net):
+    for network in ({"allow_out": ["300.1.2.3"]}, {"deny_out": ["web.example.test"]}, {"deny_out": ["10.0.0.0/33"]},
+                    {"allow_out": ["exa mple.test"]}):
+        with pytest.raises(SandboxException) as e:
+            sandboxes(timeout=60, network=network)
+        assert "400" in str(e.value) or "invalid" in str(e.value).lower(), (network, e.value)
+    sbx = sandboxes(timeout=120, network={"deny_out": [f"{net.web[1]}/32"]})
+    with pytest.raises(SandboxException):
+        sbx.update_network({"deny_out": ["not-an-address/8"]})
+    # The refused update left the policy as it was.
+    assert_reaches(sbx, net, net.web[0])
+    assert_blocked(sbx, net.web[1])
 
 
 def test_update_network_live(sandboxes, net):
@@ -470,9 +485,10 @@ def arrived(net, payload, within):
 def test_spoofed_source_addresses_are_dropped(sandboxes, net):
     sbx = sandboxes(timeout=120)
     own = sandbox_ip(sbx)
-    # a neighbour's address (the next /30 slot's sandbox) and one from nowhere
+    # a neighbour's address (the next /30 slot's sandbox), the host's (the gateway) and one
+    # from nowhere
     neighbour = socket.inet_ntoa((int.from_bytes(socket.inet_aton(own), "big") + 4).to_bytes(4, "big"))
-    spoofs = [neighbour, "203.0.113.77"]
+    spoofs = [neighbour, gateway(sbx), "203.0.113.77"]
     dst, port = net.udp
     normal = unique("normal")
     sbx.commands.run(f"python3 -c \"import socket; socket.socket(2, 2).sendto(b'{normal}', ('{dst}', {port}))\"",
@@ -544,6 +560,15 @@ def test_traffic_access_token_guards_user_ports(sandboxes):
     assert r.text == "private hello"
     assert get().status_code in (401, 403)
     assert get(**{"e2b-traffic-access-token": "wrong" + token}).status_code in (401, 403)
+    # The same token, still required, after pause and resume (connect hands it out again).
+    assert sbx.pause()
+    sbx = Sandbox.connect(sbx.sandbox_id)
+    assert sbx.traffic_access_token == token
+    deadline = time.time() + 15
+    while (r := get(**{"e2b-traffic-access-token": token})).status_code != 200:
+        assert time.time() < deadline, f"{r.status_code} {r.text[:200]}"
+        time.sleep(0.25)
+    assert get().status_code in (401, 403)
     # A sandbox with public traffic (the default) has no token and needs none.
     open_sbx = sandboxes(timeout=120)
     assert open_sbx.traffic_access_token is None
