@@ -58,6 +58,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("export E2B_API_KEY={api_key}");
 
     let app = firkin_server::app(AppState::new(runtime.clone(), api_key));
+    // Responses are streamed in small writes (Connect frames, proxied chunks): without
+    // TCP_NODELAY each one after the first waits for the client's delayed ACK (~40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection");
+        }
+    });
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     runtime.stop_warm_pool().await;
     let n = runtime.shutdown().await;
