@@ -48,6 +48,17 @@ pub enum SignatureRejection {
     Expired,
 }
 
+impl SignatureRejection {
+    /// The message of the 401 answered for this rejection (envd's wording, which clients may
+    /// match on).
+    pub fn message(self) -> &'static str {
+        match self {
+            SignatureRejection::Mismatch => "invalid signature",
+            SignatureRejection::Expired => "signature is already expired",
+        }
+    }
+}
+
 /// Checks a presented signature. `now_unix` is the current time in Unix seconds.
 pub fn verify(
     presented: &str,
@@ -98,6 +109,22 @@ mod tests {
         assert_eq!(
             verify(&sig, "/x", FileOperation::Read, "root", "k", Some(100), 50),
             Err(SignatureRejection::Mismatch)
+        );
+    }
+
+    #[test]
+    fn an_expired_url_is_rejected_as_expired_only_when_its_signature_is_right() {
+        let sig = sign("/x", FileOperation::Read, "", "k", Some(100));
+        assert_eq!(
+            verify(&sig, "/x", FileOperation::Read, "", "k", Some(100), 101).map_err(|r| r.message()),
+            Err("signature is already expired")
+        );
+        // Right up to the second it names, the URL still works.
+        assert_eq!(verify(&sig, "/x", FileOperation::Read, "", "k", Some(100), 100), Ok(()));
+        let forged = sign("/x", FileOperation::Read, "", "other", Some(100));
+        assert_eq!(
+            verify(&forged, "/x", FileOperation::Read, "", "k", Some(100), 101).map_err(|r| r.message()),
+            Err("invalid signature")
         );
     }
 }
