@@ -82,6 +82,12 @@ stop_server() {
 leftover_runsc() { pgrep -f -- "--root=$RUN_DIR/" || true; }
 leftover_netns() { ip netns list 2>/dev/null | awk '{print $1}' | grep -F -- "$NETNS_PREFIXES" || true; }
 leftover_nft() { nft list tables 2>/dev/null | awk '{print $2 " " $3}' | grep -xF -- "$(printf 'inet %s\n' $NFT_TABLES)" || true; }
+# An instance with egress holds IPv4 forwarding on through a marker named by its owner.
+leftover_forwarding() {
+  local t
+  for t in $NFT_TABLES; do [ -e "/run/firkin/forwarding/${t#firkin-}" ] && echo "/run/firkin/forwarding/${t#firkin-}"; done
+  true
+}
 leftover_fakenet() {
   ip netns list 2>/dev/null | awk '{print "netns " $1}' | grep -xF "netns fkfn-$FAKENET_TAG"
   nft list tables 2>/dev/null | grep -F "fkguard-$FAKENET_TAG"
@@ -91,7 +97,7 @@ leftover_fakenet() {
 }
 
 cleanup() {
-  local rc=$? pids nss tables fake
+  local rc=$? pids nss tables markers fake
   set +e
   stop_server
   if [ "$rc" -ne 0 ] && [ -f "$LOG" ]; then
@@ -113,7 +119,13 @@ cleanup() {
     [ "$rc" -eq 0 ] && rc=1
   fi
   tables="$(leftover_nft)"
-  echo "== leftovers after the server stopped: $(printf '%s' "$tables" | grep -c .) firkin nftables tables"
+  markers="$(leftover_forwarding)"
+  echo "== leftovers after the server stopped: $(printf '%s' "$tables" | grep -c .) firkin nftables tables, $(printf '%s' "$markers" | grep -c .) forwarding markers"
+  if [ -n "$markers" ]; then
+    printf '  %s\n' "$markers"
+    echo "FAIL: the server left its IPv4 forwarding marker behind (forwarding stays on for it)"
+    [ "$rc" -eq 0 ] && rc=1
+  fi
   if [ -n "$tables" ]; then
     printf '  table %s\n' "$tables"
     echo "FAIL: the server left its nftables table behind; removing it"
