@@ -428,8 +428,6 @@ def test_a_private_range_opens_when_allow_out_names_it(sandboxes, net):
     assert net.witnessed(port) == {(me, net.probes[0], port)}, "only the named range opens"
 
 
-@pytest.mark.xfail(strict=True, reason="firkin opens whatever an allowed domain resolves to, private "
-                   "addresses included (DNS rebinding into private ranges); remove this mark with the fix")
 def test_an_allowed_domain_does_not_open_private_addresses(sandboxes, net):
     """A name in allow_out names that name, not the private range its answer falls in: a
     domain that resolves to a private address must not open that address (else any allowed

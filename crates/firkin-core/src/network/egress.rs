@@ -134,9 +134,12 @@ impl Egress {
         let Some(attached) = policies.get(&ip).filter(|a| !a.policy.allow_domains.is_empty()) else {
             return Ok(());
         };
+        // A name opens public addresses only (see `fenced_by_default`).
+        let addrs: Vec<Ipv4Addr> = addrs.iter().copied().filter(|a| !firewall::fenced_by_default(*a)).collect();
         if addrs.is_empty() {
             return Ok(());
         }
+        let addrs = addrs.as_slice();
         let table = self.config().table;
         let secs = ttl.max(firewall::MIN_DNS_OPEN_SECS);
         self.resolved().record(&attached.id, addrs, secs, Instant::now());

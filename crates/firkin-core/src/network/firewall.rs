@@ -34,6 +34,17 @@ const NEVER: &str = "0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16, 224.0.0.0/3";
 /// Private and shared ranges: closed unless a sandbox's `allowOut` names them.
 const PRIVATE: &str = "10.0.0.0/8, 100.64.0.0/10, 172.16.0.0/12, 192.0.0.0/24, 192.168.0.0/16";
 
+/// Whether `ip` is in a range closed to sandboxes by default (never, or private): a domain rule
+/// does not open such an address — only `allowOut` naming its range does. Else an allowed name
+/// whose DNS its owner controls could be pointed at the host's private networks.
+pub fn fenced_by_default(ip: Ipv4Addr) -> bool {
+    NEVER
+        .split(", ")
+        .chain(PRIVATE.split(", "))
+        .filter_map(|c| c.parse::<Cidr>().ok())
+        .any(|c| c.contains(ip))
+}
+
 /// How long an address resolved for an allowed domain stays open at least (seconds).
 pub const MIN_DNS_OPEN_SECS: u32 = 300;
 
@@ -288,6 +299,16 @@ mod tests {
             sandbox_policy("firkin-abc123", ip, &EgressPolicy::default()),
             remove_sandbox("firkin-abc123", ip)
         );
+    }
+
+    #[test]
+    fn private_and_reserved_addresses_are_fenced_by_default() {
+        for ip in ["10.1.2.3", "172.16.0.1", "192.168.1.1", "100.64.0.1", "127.0.0.1", "169.254.169.254", "224.0.0.1"] {
+            assert!(fenced_by_default(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["198.18.0.10", "8.8.8.8", "172.32.0.1"] {
+            assert!(!fenced_by_default(ip.parse().unwrap()), "{ip}");
+        }
     }
 
     #[test]
