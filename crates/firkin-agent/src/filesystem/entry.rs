@@ -1,5 +1,5 @@
-//! `EntryInfo`: what the SDK learns about a file — type, Go `FileMode` bits and their
-//! `ls`-style string, owner/group names, modification time, symlink target and metadata.
+//! `EntryInfo`: what the SDK learns about a file — type, permission bits and Go's
+//! `ls`-style mode string, owner/group names, modification time, symlink target and metadata.
 
 use std::collections::BTreeMap;
 use std::fs::Metadata;
@@ -125,8 +125,6 @@ pub struct EntryInfo {
     pub symlink_target: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "json::is_false")]
-    pub is_symlink: bool,
 }
 
 fn rfc3339(meta: &Metadata) -> Option<String> {
@@ -134,33 +132,35 @@ fn rfc3339(meta: &Metadata) -> Option<String> {
     OffsetDateTime::from_unix_timestamp_nanos(nanos).ok().and_then(|t| t.format(&Rfc3339).ok())
 }
 
-/// Builds the entry for `path` from its `lstat` data. A symlink is reported with the type of
-/// its target, `isSymlink` and `symlinkTarget` (like current envd); dangling links keep
-/// `FILE_TYPE_SYMLINK`.
+/// Builds the entry for `path` from its `lstat` data, as envd does. `mode` carries only the
+/// permission bits (Go's `FileMode.Perm()`); `permissions` is the full `ls`-style string of the
+/// entry itself. A symlink is reported with its target's type and permission bits and the fully
+/// resolved target path in `symlinkTarget`; a dangling one has no type (`FILE_TYPE_UNSPECIFIED`,
+/// which the SDK's `list()` leaves out), mode 0, and its own path as the target.
 pub fn from_metadata(path: &Path, meta: &Metadata) -> EntryInfo {
-    let is_symlink = meta.file_type().is_symlink();
-    let (file_type, symlink_target) = if is_symlink {
-        let target = std::fs::canonicalize(path).ok().or_else(|| std::fs::read_link(path).ok());
-        let target_type =
-            std::fs::metadata(path).map(|m| type_of(m.file_type())).unwrap_or(FileType::Symlink);
-        (target_type, target.map(|t| t.display().to_string()))
+    let (file_type, mode, symlink_target) = if meta.file_type().is_symlink() {
+        let resolved = std::fs::canonicalize(path).ok();
+        let (file_type, mode) = match resolved.as_deref().map(std::fs::metadata) {
+            Some(Ok(target)) => (type_of(target.file_type()), target.mode() & 0o777),
+            _ => (FileType::Unspecified, 0),
+        };
+        let shown = resolved.unwrap_or_else(|| path.to_path_buf());
+        (file_type, mode, Some(shown.display().to_string()))
     } else {
-        (type_of(meta.file_type()), None)
+        (type_of(meta.file_type()), meta.mode() & 0o777, None)
     };
-    let mode = go_file_mode(meta.mode());
     EntryInfo {
         name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into()),
         file_type,
         path: path.display().to_string(),
         size: i64::try_from(meta.size()).unwrap_or(i64::MAX),
         mode,
-        permissions: go_mode_string(mode),
+        permissions: go_mode_string(go_file_mode(meta.mode())),
         owner: owner_name(meta.uid()),
         group: group_name(meta.gid()),
         modified_time: rfc3339(meta),
         symlink_target,
         metadata: xattr::read_metadata(path),
-        is_symlink,
     }
 }
 
@@ -237,11 +237,76 @@ mod tests {
         assert_eq!(v["size"], "5");
         assert_eq!(v["name"], "a.txt");
         assert!(v["modifiedTime"].as_str().unwrap().ends_with('Z'));
-        let l = serde_json::to_value(stat(&dir.join("link")).unwrap()).unwrap();
-        assert_eq!(l["isSymlink"], true);
-        assert_eq!(l["type"], "FILE_TYPE_FILE");
         let listed = walk(&dir, &dir, 1).unwrap();
         assert_eq!(listed.len(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A scratch directory under the temp dir, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("firkin-entry-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(std::fs::canonicalize(&dir).unwrap())
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn mode_is_permission_bits_only() {
+        let scratch = Scratch::new("mode");
+        let sub = scratch.0.join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        set_mode(&sub, 0o755);
+        let d = stat(&sub).unwrap();
+        assert_eq!((d.file_type, d.mode, d.permissions.as_str()), (FileType::Directory, 0o755, "drwxr-xr-x"));
+        let sticky = scratch.0.join("sticky");
+        std::fs::create_dir(&sticky).unwrap();
+        set_mode(&sticky, 0o1777);
+        let t = stat(&sticky).unwrap();
+        assert_eq!((t.mode, t.permissions.as_str()), (0o777, "dtrwxrwxrwx"));
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["mode"], 0o755);
+        assert!(v.get("symlinkTarget").is_none() && v.get("isSymlink").is_none());
+    }
+
+    #[test]
+    fn symlinks_report_their_resolved_target() {
+        let scratch = Scratch::new("links");
+        let file = scratch.0.join("data.txt");
+        std::fs::write(&file, b"0123456789").unwrap();
+        set_mode(&file, 0o600);
+        std::os::unix::fs::symlink("data.txt", scratch.0.join("rel")).unwrap();
+        // A chain: the target shown is the final file, not the next link.
+        std::os::unix::fs::symlink(scratch.0.join("rel"), scratch.0.join("chain")).unwrap();
+        for name in ["rel", "chain"] {
+            let e = stat(&scratch.0.join(name)).unwrap();
+            assert_eq!(e.file_type, FileType::File, "{name}");
+            assert_eq!(e.mode, 0o600, "{name}");
+            assert_eq!(e.permissions, "Lrwxrwxrwx", "{name}");
+            assert_eq!(e.symlink_target.as_deref(), Some(file.to_str().unwrap()), "{name}");
+            assert_eq!(e.path, scratch.0.join(name).display().to_string());
+        }
+        std::os::unix::fs::symlink(&scratch.0, scratch.0.join("up")).unwrap();
+        let up = stat(&scratch.0.join("up")).unwrap();
+        assert_eq!(up.file_type, FileType::Directory);
+        let dangling = scratch.0.join("dangling");
+        std::os::unix::fs::symlink("missing", &dangling).unwrap();
+        let d = stat(&dangling).unwrap();
+        assert_eq!((d.file_type, d.mode), (FileType::Unspecified, 0));
+        assert_eq!(d.symlink_target.as_deref(), Some(dangling.to_str().unwrap()));
     }
 }
