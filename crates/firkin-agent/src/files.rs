@@ -45,9 +45,9 @@ pub enum FilesError {
     NotInitialised,
     #[error("unauthorized access, invalid or missing access token")]
     Unauthorized,
-    #[error("signature is invalid")]
+    #[error("{}", SignatureRejection::Mismatch.message())]
     BadSignature,
-    #[error("signature is expired")]
+    #[error("{}", SignatureRejection::Expired.message())]
     ExpiredSignature,
     #[error(transparent)]
     BadUser(#[from] UserError),
@@ -275,6 +275,8 @@ struct PendingFile {
     target: PathBuf,
     tmp: PathBuf,
     file: Option<tokio::fs::File>,
+    /// The target existed before the upload (it is being overwritten).
+    existed: bool,
 }
 
 impl PendingFile {
@@ -287,6 +289,7 @@ impl PendingFile {
         ensure_dirs(&parent, user).map_err(|e| FilesError::io("create parent of", &target, e))?;
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = parent.join(format!("{UPLOAD_TEMP_PREFIX}{:016x}.{name}", rand::random::<u64>()));
+        let existed = existing.is_some();
         let mode = existing.map_or(0o644, |m| m.mode() & 0o7777);
         let std_file = std::fs::OpenOptions::new()
             .write(true)
@@ -296,7 +299,7 @@ impl PendingFile {
             .map_err(|e| FilesError::io("create", &target, e))?;
         // The umask may have narrowed the requested mode.
         let _ = std_file.set_permissions(std::fs::Permissions::from_mode(mode));
-        Ok(Self { target, tmp, file: Some(tokio::fs::File::from_std(std_file)) })
+        Ok(Self { target, tmp, file: Some(tokio::fs::File::from_std(std_file)), existed })
     }
 
     async fn write(&mut self, data: &[u8]) -> Result<(), FilesError> {
@@ -325,7 +328,7 @@ impl PendingFile {
         }
         std::fs::rename(&self.tmp, &target).map_err(|e| FilesError::io("rename", &target, e))?;
         self.tmp = PathBuf::new();
-        announce_write(&target);
+        announce_write(&target, self.existed);
         Ok(())
     }
 }
@@ -339,13 +342,20 @@ impl Drop for PendingFile {
 }
 
 /// Watchers see the rename into place as a CREATE of the target (the temp file's own events
-/// are hidden). envd writes in place, so clients also expect a WRITE on the target: truncating
-/// it to its own length is a content no-op that raises exactly that inotify `IN_MODIFY`.
-fn announce_write(target: &Path) {
+/// are hidden). envd writes in place — it creates the file, gives it to the user, then writes
+/// the bytes — so clients expect CREATE, CHMOD, WRITE for a new file. The rename gives the
+/// first; re-applying the mode the file already has raises the inotify `IN_ATTRIB` (CHMOD), and
+/// truncating it to its own length is a content no-op that raises `IN_MODIFY` (WRITE). A new
+/// empty file gets no WRITE: envd writes no bytes to it.
+fn announce_write(target: &Path, existed: bool) {
     let Ok(file) = std::fs::OpenOptions::new().write(true).open(target) else {
         return;
     };
-    if let Ok(meta) = file.metadata() {
+    let Ok(meta) = file.metadata() else {
+        return;
+    };
+    let _ = file.set_permissions(meta.permissions());
+    if existed || meta.len() > 0 {
         let _ = file.set_len(meta.len());
     }
 }
@@ -511,6 +521,8 @@ async fn upload_multipart(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::filesystem::watch::{self, EventType};
+    use std::time::Duration;
 
     #[test]
     fn metadata_headers_are_lowercased_and_validated() {
@@ -545,5 +557,44 @@ mod tests {
         assert_eq!(FilesError::IsDirectory("/x".into()).status(), StatusCode::BAD_REQUEST);
         let nospc = FilesError::io("write", Path::new("/x"), io::Error::from_raw_os_error(libc::ENOSPC));
         assert_eq!(nospc.status(), StatusCode::INSUFFICIENT_STORAGE);
+    }
+
+    /// The user the agent runs as, so the test needs no particular account.
+    fn current_user(home: &Path) -> SandboxUser {
+        SandboxUser {
+            name: "test".into(),
+            uid: nix::unistd::getuid(),
+            gid: nix::unistd::getgid(),
+            home: home.to_path_buf(),
+        }
+    }
+
+    async fn upload_and_watch(dir: &Path, name: &str, data: &[u8]) -> Vec<EventType> {
+        let mut watch = watch::start(dir, false, false).unwrap();
+        let user = current_user(dir);
+        let mut pending = PendingFile::begin(dir.join(name), &user).await.unwrap();
+        pending.write(data).await.unwrap();
+        pending.commit(&user, &BTreeMap::new()).await.unwrap();
+        let mut seen = Vec::new();
+        while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(300), watch.events.recv()).await {
+            assert_eq!(ev.name, name, "only the target's events are shown");
+            seen.push(ev.event_type);
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn an_upload_is_seen_by_watchers_as_envds_in_place_write() {
+        let dir = std::env::temp_dir().join(format!("firkin-upload-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        use EventType::{Chmod, Create, Write};
+        assert_eq!(upload_and_watch(&dir, "new.txt", b"hello").await, vec![Create, Chmod, Write]);
+        assert_eq!(upload_and_watch(&dir, "empty.txt", b"").await, vec![Create, Chmod]);
+        // Overwriting differs from envd (whose in-place write shows no CREATE): the rename
+        // into place is a CREATE of the name.
+        assert_eq!(upload_and_watch(&dir, "new.txt", b"again").await, vec![Create, Chmod, Write]);
+        assert_eq!(std::fs::read(dir.join("new.txt")).unwrap(), b"again");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
