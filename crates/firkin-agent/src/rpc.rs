@@ -16,7 +16,7 @@ use crate::connect::{
 };
 use crate::context::{CallContext, ConfigCell};
 use crate::filesystem::{self, watch, FilesystemService};
-use crate::process::{self, ProcessService};
+use crate::process::{self, ProcessService, StreamDeadline};
 
 /// Largest unary request body accepted.
 const MAX_UNARY_BODY: usize = 64 << 20;
@@ -79,10 +79,12 @@ pub async fn process_rpc(
                 Ok(r) => r,
                 Err(e) => return connect::stream_error(e),
             };
+            // Taken before the spawn, so the stream's deadline passes no later than the kill.
+            let deadline = StreamDeadline::after(ctx.timeout(), "the process was killed");
             match svc.start(&ctx, req) {
                 Ok((entry, sub)) => {
                     let (writer, response) = connect::stream_response();
-                    tokio::spawn(process::stream_events(writer, entry, sub, ctx.keepalive()));
+                    tokio::spawn(process::stream_events(writer, entry, sub, ctx.keepalive(), deadline));
                     response
                 }
                 Err(e) => connect::stream_error(e.into()),
@@ -93,10 +95,11 @@ pub async fn process_rpc(
                 Ok(r) => r,
                 Err(e) => return connect::stream_error(e),
             };
+            let deadline = StreamDeadline::after(ctx.timeout(), "the process keeps running");
             match svc.connect(req) {
                 Ok((entry, sub)) => {
                     let (writer, response) = connect::stream_response();
-                    tokio::spawn(process::stream_events(writer, entry, sub, ctx.keepalive()));
+                    tokio::spawn(process::stream_events(writer, entry, sub, ctx.keepalive(), deadline));
                     response
                 }
                 Err(e) => connect::stream_error(e.into()),

@@ -323,13 +323,52 @@ impl ProcessService {
     }
 }
 
+/// The deadline of a process stream: the request's `Connect-Timeout-Ms`. When it passes before
+/// the process ends, the stream ends with `deadline_exceeded` (as envd's does) instead of the
+/// process's `end` event; for `Start` the process is killed at the same moment.
+pub struct StreamDeadline {
+    pub at: tokio::time::Instant,
+    pub what: &'static str,
+}
+
+impl StreamDeadline {
+    /// The deadline `timeout` from now, if the request set one.
+    pub fn after(timeout: Option<Duration>, what: &'static str) -> Option<Self> {
+        timeout.map(|t| Self { at: tokio::time::Instant::now() + t, what })
+    }
+
+    fn error(&self, pid: u32) -> ConnectError {
+        ConnectError::new(
+            Code::DeadlineExceeded,
+            format!(
+                "the request's deadline (Connect-Timeout-Ms) passed before process {pid} ended; {}",
+                self.what
+            ),
+        )
+    }
+
+    fn passed(&self) -> bool {
+        tokio::time::Instant::now() >= self.at
+    }
+}
+
+/// Resolves at `deadline`, never without one.
+async fn reach(deadline: Option<&StreamDeadline>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Writes a process event stream: `start`, then output and keepalives, then `end` and the
-/// end-of-stream frame. Returns early if the client goes away (the process keeps running).
+/// end-of-stream frame (or a `deadline_exceeded` end-of-stream once `deadline` passes).
+/// Returns early if the client goes away (the process keeps running).
 pub async fn stream_events(
     writer: StreamWriter,
     entry: Arc<ProcessEntry>,
     subscription: Subscription,
     keepalive: Duration,
+    deadline: Option<StreamDeadline>,
 ) {
     if !writer.send(&messages::start_event(entry.pid)).await {
         return;
@@ -351,31 +390,41 @@ pub async fn stream_events(
                         return;
                     }
                 }
-                None => {
-                    let result = match entry.end() {
-                        Some(end) => {
-                            if !writer.send(&messages::end_event(&end)).await {
-                                return;
-                            }
-                            Ok(())
-                        }
-                        None => Err(ConnectError::new(
-                            Code::Internal,
-                            format!("output of process {} ended without an exit status", entry.pid),
-                        )),
-                    };
-                    writer.finish(result).await;
-                    return;
-                }
+                None => return finish_events(writer, &entry, deadline.as_ref()).await,
             },
             _ = tokio::time::sleep(keepalive) => {
                 if !writer.send(&messages::keepalive_event()).await {
                     return;
                 }
             }
+            _ = reach(deadline.as_ref()) => {
+                if let Some(d) = &deadline {
+                    writer.finish(Err(d.error(entry.pid))).await;
+                }
+                return;
+            }
             _ = writer.closed() => return,
         }
     }
+}
+
+/// Ends a stream whose process's output has closed: its `end` event, unless the deadline has
+/// passed meanwhile (the deadline's kill is what closed it).
+async fn finish_events(writer: StreamWriter, entry: &ProcessEntry, deadline: Option<&StreamDeadline>) {
+    let result = match (deadline.filter(|d| d.passed()), entry.end()) {
+        (Some(d), _) => Err(d.error(entry.pid)),
+        (None, Some(end)) => {
+            if !writer.send(&messages::end_event(&end)).await {
+                return;
+            }
+            Ok(())
+        }
+        (None, None) => Err(ConnectError::new(
+            Code::Internal,
+            format!("output of process {} ended without an exit status", entry.pid),
+        )),
+    };
+    writer.finish(result).await;
 }
 
 #[cfg(test)]
