@@ -135,7 +135,8 @@ impl Egress {
             return Ok(());
         };
         // A name opens public addresses only (see `fenced_by_default`).
-        let addrs: Vec<Ipv4Addr> = addrs.iter().copied().filter(|a| !firewall::fenced_by_default(*a)).collect();
+        let addrs: Vec<Ipv4Addr> =
+            addrs.iter().copied().filter(|a| !firewall::fenced_by_default(*a)).collect();
         if addrs.is_empty() {
             return Ok(());
         }
