@@ -31,12 +31,19 @@ def test_filesystem_only_pause_and_reboot_resume_are_refused(sandboxes):
 
 
 def test_create_options_firkin_cannot_honour_are_refused(sandboxes):
-    refused(lambda: sandboxes(timeout=60, network={"allow_out": ["198.18.0.10"]}), "allowOut")
-    refused(lambda: sandboxes(timeout=60, network={"allow_public_traffic": False}), "allowPublicTraffic")
+    for network, field in [
+        ({"egress_proxy": {"address": "proxy.example.test:1080"}}, "egressProxy"),
+        ({"dns_servers": ["198.18.0.53"]}, "dnsServers"),
+        ({"mask_request_host": "${PORT}-box.example.test"}, "maskRequestHost"),
+        ({"https_ports": [3000]}, "httpsPorts"),
+        ({"allow_out": ["api.example.test"], "rules": {"api.example.test": [{"transform": {"headers": {"X": "1"}}}]}},
+         "rules"),
+    ]:
+        refused(lambda: sandboxes(timeout=60, network=network), field)
     refused(lambda: sandboxes(timeout=60, lifecycle={"on_timeout": {"action": "pause", "mode": "filesystem"}}),
             "autoPauseMemory")
-    # Deny rules hold (sandboxes have no egress at all), so they are accepted.
-    ok = sandboxes(timeout=60, network={"deny_out": ["0.0.0.0/0"]})
+    # Egress rules and private traffic are implemented (tests/sdk/test_network.py): accepted.
+    ok = sandboxes(timeout=60, network={"deny_out": ["0.0.0.0/0"], "allow_public_traffic": False})
     assert ok.commands.run("echo ok").stdout == "ok\n"
 
 
