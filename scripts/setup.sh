@@ -2,8 +2,9 @@
 # Installs everything firkin and its test suite need, idempotently:
 #   - Debian packages: runsc (bookworm-backports), mmdebstrap, iproute2, iptables, curl, …
 #   - the template rootfs directories, each built once into $FIRKIN_CACHE_DIR/rootfs/<name>:
-#     base-v1 (the default base) and code-interpreter-v1 (plus ipykernel, numpy, pandas,
-#     matplotlib and node, for the code-interpreter-v1 template)
+#     base-v1 (the default base) and code-interpreter-v2 (plus ipykernel, numpy, pandas,
+#     matplotlib, node, TypeScript, R with IRkernel and the e2b-charts extractor, for the
+#     code-interpreter-v1 template)
 #   - a Python venv with the pinned E2B SDKs for the SDK-compatibility tests
 # Fast (well under a second) when everything is already present: each step checks first.
 # Must run as root. Safe to run concurrently (the rootfs and venv steps take a lock) and safe to
@@ -20,8 +21,22 @@ ROOTFS_MANIFEST=".firkin-rootfs.json" # inside the rootfs; written last, so it m
 BASE_NAME="base-v1"
 BASE_PACKAGES="bash,coreutils,procps,python3,git,ca-certificates,curl,sudo,iproute2,less,findutils,grep,sed,tar,gzip"
 # The code-interpreter template: the base plus real Jupyter kernels' stack and node for JavaScript.
-INTERPRETER_NAME="code-interpreter-v1"
+INTERPRETER_NAME="code-interpreter-v2"
 INTERPRETER_PACKAGES="$BASE_PACKAGES,python3-ipykernel,python3-jupyter-client,python3-numpy,python3-pandas,python3-matplotlib,nodejs"
+# Installed afterwards without their Recommends (r-base-core's would add r-base-dev, a compiler
+# toolchain and the R manuals): TypeScript for `language="typescript"`, R and its Jupyter kernel.
+INTERPRETER_LEAN_PACKAGES="node-typescript r-base-core r-cran-irkernel"
+# Wheels from PyPI (no sdists, hashes pinned, --no-deps), into /usr/local/lib/python3.11/
+# dist-packages: E2B's own chart extractor (result.chart) and pydantic 2, which it needs and
+# bookworm lacks. numpy and matplotlib stay Debian's (the extractor works with them).
+INTERPRETER_WHEELS=(
+  "e2b-charts==1.0.0 --hash=sha256:c5a9ae62bd33a3cba0f7efd0fe10938f2909bf948e54029bb7b67c0fd8ca782c"
+  "pydantic==2.14.4 --hash=sha256:653a2ad9f6d8858529c77c72717d0ea991d6c6837fe683246b2f4b2bbfc3fadc"
+  "pydantic-core==2.50.5 --hash=sha256:488319076ec92908b91fc6265ce761f1d78748f69f85518564fd16bf333e1b70"
+  "annotated-types==0.8.0 --hash=sha256:f072f4d804ea359e4eaf198b1af7a8b0943881a87f31bb764f8bf219bb9419e0"
+  "typing-extensions==4.16.0 --hash=sha256:481caa481374e813c1b176ada14e97f1f67a4539ce9cfeb3f350d78d6370c2e8"
+  "typing-inspection==0.4.5 --hash=sha256:bc210535442b39e1bf2805e0c7a17dfd6a4ace760c84c7f7d16245d23a6b1c39"
+)
 DEBIAN_MIRROR="http://deb.debian.org/debian"
 VENV="${FIRKIN_VENV:-$REPO/.venv}"
 PY_PINS=("${E2B_PINS[@]}" "${TEST_TOOL_PINS[@]}")
@@ -99,8 +114,11 @@ remove_tree() {
   rm -rf --one-file-system "$dir"
 }
 
+# build_rootfs NAME PACKAGES [LEAN_PACKAGES [WHEELS]]: PACKAGES (comma-separated) with their
+# Recommends, then LEAN_PACKAGES (space-separated) without, then, when WHEELS is "wheels", the
+# INTERPRETER_WHEELS from PyPI.
 build_rootfs() {
-  local ROOTFS_NAME="$1" ROOTFS_PACKAGES="$2"
+  local ROOTFS_NAME="$1" ROOTFS_PACKAGES="$2" LEAN_PACKAGES="${3:-}" WHEELS="${4:-}"
   local ROOTFS="$ROOTFS_DIR/$ROOTFS_NAME"
   # Under the lock: nobody else is building, so any temp dir left is from an interrupted run.
   local stale
@@ -123,8 +141,14 @@ build_rootfs() {
   tmp="$(mktemp -d "$ROOTFS_DIR/.${ROOTFS_NAME}.tmp-XXXXXX")"
   # shellcheck disable=SC2064
   trap "remove_tree '$tmp'" EXIT
+  local lean_hook=()
+  if [ -n "$LEAN_PACKAGES" ]; then
+    # While the chroot still has its apt lists and the host's resolv.conf.
+    lean_hook=(--customize-hook="chroot \"\$1\" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $LEAN_PACKAGES")
+  fi
   # shellcheck disable=SC2016 # the hooks are expanded by mmdebstrap's shell, not ours
   mmdebstrap --quiet --variant=minbase --include="$ROOTFS_PACKAGES" \
+    "${lean_hook[@]}" \
     --customize-hook='chroot "$1" useradd --create-home --uid 1000 --user-group --shell /bin/bash user' \
     --customize-hook='echo "user ALL=(ALL:ALL) NOPASSWD: ALL" > "$1/etc/sudoers.d/user"; chmod 0440 "$1/etc/sudoers.d/user"' \
     --customize-hook='mkdir -p "$1/opt/firkin"; echo firkin > "$1/etc/hostname"; printf "127.0.0.1 localhost firkin\n::1 localhost\n" > "$1/etc/hosts"; : > "$1/etc/resolv.conf"' \
@@ -142,15 +166,26 @@ build_rootfs() {
       exit 1
     }
   done
+  if [ "$WHEELS" = wheels ]; then
+    install_wheels "$tmp"
+  fi
   case ",$ROOTFS_PACKAGES," in
   *,python3-ipykernel,*)
     for f in usr/bin/node usr/lib/python3/dist-packages/ipykernel usr/lib/python3/dist-packages/jupyter_client \
-      usr/lib/python3/dist-packages/pandas usr/lib/python3/dist-packages/matplotlib; do
+      usr/lib/python3/dist-packages/pandas usr/lib/python3/dist-packages/matplotlib \
+      usr/bin/tsc usr/share/nodejs/typescript/package.json usr/bin/R usr/lib/R/site-library/IRkernel; do
       [ -e "$tmp/root/$f" ] || {
         echo "rootfs check failed: /$f missing" >&2
         exit 1
       }
     done
+    # The chart extractor must import against the rootfs's own numpy/matplotlib/pydantic.
+    chroot "$tmp/root" env -i PATH=/usr/bin:/bin HOME=/nonexistent MPLCONFIGDIR=/tmp/.setup-mpl \
+      python3 -c 'import e2b_charts, pydantic; assert pydantic.VERSION.startswith("2.")' || {
+      echo "rootfs check failed: e2b_charts does not import" >&2
+      exit 1
+    }
+    rm -rf "$tmp/root/tmp/.setup-mpl"
     ;;
   esac
   if [ ! -d "$tmp/root/opt/firkin" ] || [ ! -d "$tmp/root/home/user" ]; then
@@ -158,7 +193,10 @@ build_rootfs() {
     exit 1
   fi
   local pkgs_json
-  pkgs_json="$(printf '%s' "$ROOTFS_PACKAGES" | sed 's/[^,][^,]*/"&"/g')"
+  pkgs_json="$(printf '%s' "$ROOTFS_PACKAGES${LEAN_PACKAGES:+ $LEAN_PACKAGES}" | tr ' ' , | sed 's/[^,][^,]*/"&"/g')"
+  if [ "$WHEELS" = wheels ]; then
+    pkgs_json="$pkgs_json$(printf ',"pypi:%s"' "${INTERPRETER_WHEELS[@]%% *}")"
+  fi
   cat >"$tmp/root/$ROOTFS_MANIFEST" <<JSON
 {"format":1,"name":"${ROOTFS_NAME%-v*}","version":"${ROOTFS_NAME}","debianSuite":"bookworm","packages":[${pkgs_json}],"builtAt":"$(date -u +%Y-%m-%dT%H:%M:%SZ)"}
 JSON
@@ -170,16 +208,30 @@ JSON
   log "rootfs $ROOTFS_NAME ready ($(($(date +%s) - started)) s)"
 }
 
+# install_wheels TMP: INTERPRETER_WHEELS into TMP/root, with pip from a throwaway venv in TMP
+# (binary wheels for the rootfs's CPython 3.11 only, whatever the host's Python is).
+install_wheels() {
+  local tmp="$1" req="$1/wheels.txt"
+  log "installing ${INTERPRETER_WHEELS[*]%% *} from PyPI"
+  python3 -m venv "$tmp/pip"
+  printf '%s\n' "${INTERPRETER_WHEELS[@]}" >"$req"
+  "$tmp/pip/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir --no-deps \
+    --require-hashes --only-binary=:all: --platform manylinux2014_x86_64 --python-version 3.11 \
+    --implementation cp --abi cp311 \
+    --target "$tmp/root/usr/local/lib/python3.11/dist-packages" -r "$req"
+  rm -rf "$tmp/pip" "$req"
+}
+
 ensure_rootfs() {
   [ -e "$ROOTFS_DIR/$1/$ROOTFS_MANIFEST" ] && return 0
   mkdir -p "$ROOTFS_DIR"
   exec 9>"$ROOTFS_DIR/.lock"
   flock 9
-  build_rootfs "$1" "$2"
+  build_rootfs "$@"
   exec 9>&-
 }
 ensure_rootfs "$BASE_NAME" "$BASE_PACKAGES"
-ensure_rootfs "$INTERPRETER_NAME" "$INTERPRETER_PACKAGES"
+ensure_rootfs "$INTERPRETER_NAME" "$INTERPRETER_PACKAGES" "$INTERPRETER_LEAN_PACKAGES" wheels
 
 # gVisor mounts a memory tmpfs over an empty /tmp. firkin keeps /tmp on the sandbox's disk (as
 # E2B does), so the rootfs's /tmp holds one small file (also added to rootfs built before).

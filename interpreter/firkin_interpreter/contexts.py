@@ -1,8 +1,8 @@
 """Contexts: the registry, routing of `/execute`, per-context locking and the env-var plumbing.
 
-A `Context` is an id, a language, a cwd and a runtime (`jupyter.PythonRuntime`,
-`repl.NodeRuntime` or `shell.BashRuntime`). One execution runs at a time per context (its lock);
-different contexts run concurrently. Admin operations (restart, remove) set the context's abort
+A `Context` is an id, a language, a cwd and a runtime (`jupyter.PythonRuntime` or
+`jupyter.RRuntime`, `repl.NodeRuntime` for JavaScript and TypeScript, or `shell.BashRuntime`).
+One execution runs at a time per context (its lock); different contexts run concurrently. Admin operations (restart, remove) set the context's abort
 event so that a running execution lets go of the runtime within a tick.
 
 `Context.execute()` drives one cell: it waits for the lock, applies the sandbox-wide env vars
@@ -23,9 +23,14 @@ from . import mime
 
 log = logging.getLogger("firkin.contexts")
 
-SUPPORTED = ("python", "javascript", "bash")
+SUPPORTED = ("python", "javascript", "typescript", "r", "bash")
+# The languages that get a default context at start, as E2B's server creates them.
+STARTED_AT_BOOT = ("python", "javascript")
 ALIASES = {"js": "javascript", "ts": "typescript", "py": "python", "python3": "python",
            "sh": "bash", "shell": "bash", "node": "javascript", "nodejs": "javascript"}
+# What each language needs on PATH; a missing one makes the language unavailable (500).
+_PROGRAMS = {"javascript": ("node", "FIRKIN_NODE"), "typescript": ("node", "FIRKIN_NODE"),
+             "r": ("R", "FIRKIN_R"), "bash": ("bash", None)}
 KEEPALIVE_EVERY = 5.0
 CHECK_CLIENT_EVERY = 0.5
 DEFAULT_ENVS_FILE = "/run/firkin/envs.json"
@@ -50,10 +55,9 @@ def check_language(language):
     if lang not in SUPPORTED:
         raise HTTPError(400, "language '%s' is not supported by this sandbox (supported: %s)"
                         % (lang, ", ".join(SUPPORTED)))
-    if lang == "javascript" and not shutil.which(os.environ.get("FIRKIN_NODE", "node")):
-        raise HTTPError(500, "language 'javascript' is unavailable: node is not installed")
-    if lang == "bash" and not shutil.which("bash"):
-        raise HTTPError(500, "language 'bash' is unavailable: bash is not installed")
+    program, env = _PROGRAMS.get(lang, (None, None))
+    if program and not shutil.which((env and os.environ.get(env)) or program):
+        raise HTTPError(500, "language '%s' is unavailable: %s is not installed" % (lang, program))
     return lang
 
 
@@ -106,9 +110,12 @@ def _make_runtime(language, cwd, warmup=False):
     if language == "python":
         from .jupyter import PythonRuntime
         return PythonRuntime(cwd, warmup=warmup)
-    if language == "javascript":
+    if language in ("javascript", "typescript"):
         from .repl import NodeRuntime
-        return NodeRuntime(cwd)
+        return NodeRuntime(cwd, typescript=language == "typescript")
+    if language == "r":
+        from .jupyter import RRuntime
+        return RRuntime(cwd)
     if language == "bash":
         from .shell import BashRuntime
         return BashRuntime(cwd)
@@ -276,6 +283,13 @@ class Registry:
         self._defaults = {}
         self.ready = threading.Event()
         self.default_python = self._add(Context("python", default_cwd, warmup=True), default=True)
+        for lang in STARTED_AT_BOOT[1:]:
+            try:
+                check_language(lang)
+            except HTTPError as e:
+                log.warning("no default %s context: %s", lang, e.message)
+                continue
+            self._add(Context(lang, default_cwd), default=True)
 
     def _add(self, ctx, default=False):
         with self._lock:
@@ -285,7 +299,18 @@ class Registry:
         return ctx
 
     def start_default(self, retry_every=5.0):
-        """Starts and warms up the default Python kernel; retried until it works."""
+        """Starts the other default contexts (JavaScript), then the default Python kernel with
+        its warm-up, retried until it works; ready (/health 200) once Python is. A default
+        context that fails to start here is left to start on its first use."""
+        with self._lock:
+            others = [c for lang, c in self._defaults.items() if lang != "python"]
+        for ctx in others:
+            with ctx.lock:
+                try:
+                    ctx.ensure_started()
+                    log.info("default %s context %s is ready", ctx.language, ctx.id)
+                except Exception as e:
+                    log.error("cannot start the default %s context: %s", ctx.language, e)
         ctx = self.default_python
         while True:
             with ctx.lock:

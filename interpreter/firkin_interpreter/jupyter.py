@@ -1,8 +1,12 @@
-"""Python contexts: a real ipykernel, launched and interrupted by jupyter_client's KernelManager.
+"""Jupyter-kernel contexts: Python (a real ipykernel) and R (IRkernel), launched and interrupted
+by jupyter_client's KernelManager.
 
-The kernel listens on the `ipc` transport (unix sockets in a private directory under
+Kernels listen on the `ipc` transport (unix sockets in a private directory under
 `FIRKIN_KERNEL_DIR`, default `/tmp/firkin-kernels`), never on loopback TCP: the whole sandbox is
 checkpointed and restored by gVisor, and unix sockets survive that more reliably.
+
+Python kernels run `ipython_startup.py` (next to this file) at start: it registers the
+formatters behind `result.data`, `result.chart` and `result.json`.
 
 Messages are exchanged over plain synchronous zmq sockets (`KernelManager.connect_shell()` /
 `connect_iopub()`) with jupyter_client's `Session` doing the signing and (de)serialisation.
@@ -34,9 +38,15 @@ from . import mime
 log = logging.getLogger("firkin.python")
 
 SPEC_NAME = "firkin-python3"
-WARMUP_CODE = "import numpy, pandas, matplotlib\nimport matplotlib.pyplot\n"
+R_SPEC_NAME = "firkin-r"
+STARTUP_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ipython_startup.py")
+WARMUP_CODE = ("import numpy, pandas, matplotlib\nimport matplotlib.pyplot\n"
+               # The chart extractor (and pydantic) without binding a name: the first
+               # plt.show() of a sandbox would otherwise pay for their import.
+               "try:\n    __import__('e2b_charts')\nexcept ImportError:\n    pass\n")
 TICK = 0.5  # seconds between ticks while the kernel is silent
 REINTERRUPT = 3.0  # seconds between repeated SIGINTs while an interrupted cell keeps running
+ABORT_RETRIES = 3  # resends of a cell the kernel aborted unrun (see `_execute`)
 
 # KernelManager's public methods wrap coroutines with a per-thread event loop; running them all
 # on one long-lived thread keeps that to a single loop instead of one per HTTP thread.
@@ -55,26 +65,34 @@ _spec_lock = threading.Lock()
 _spec_manager = None
 
 
+def _kernel_specs():
+    python = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+              # Several kernels would fight over one sqlite history file in $HOME.
+              "--HistoryManager.hist_file=:memory:"]
+    if os.path.exists(STARTUP_FILE):
+        python.append("--IPKernelApp.exec_files=%s" % STARTUP_FILE)
+    r = [os.environ.get("FIRKIN_R") or "R", "--no-save", "--no-restore", "--slave",
+         "-e", "IRkernel::main()", "--args", "{connection_file}"]
+    return {
+        SPEC_NAME: {"argv": python, "display_name": "Python 3 (firkin)", "language": "python",
+                    "interrupt_mode": "signal"},
+        R_SPEC_NAME: {"argv": r, "display_name": "R (firkin)", "language": "R",
+                      "interrupt_mode": "signal"},
+    }
+
+
 def _kernel_spec_manager():
-    """A KernelSpecManager that knows only our own spec: this interpreter, ipykernel."""
+    """A KernelSpecManager that knows only our own specs: this interpreter's ipykernel and R's
+    IRkernel."""
     global _spec_manager
     with _spec_lock:
         if _spec_manager is None:
-            spec_dir = os.path.join(kernel_root(), "spec", SPEC_NAME)
-            os.makedirs(spec_dir, mode=0o700, exist_ok=True)
-            spec = {
-                "argv": [
-                    sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
-                    # Several kernels would fight over one sqlite history file in $HOME.
-                    "--HistoryManager.hist_file=:memory:",
-                ],
-                "display_name": "Python 3 (firkin)",
-                "language": "python",
-                "interrupt_mode": "signal",
-            }
-            with open(os.path.join(spec_dir, "kernel.json"), "w") as f:
-                json.dump(spec, f)
-            _spec_manager = KernelSpecManager(kernel_dirs=[os.path.dirname(spec_dir)])
+            spec_root = os.path.join(kernel_root(), "spec")
+            for name, spec in _kernel_specs().items():
+                os.makedirs(os.path.join(spec_root, name), mode=0o700, exist_ok=True)
+                with open(os.path.join(spec_root, name, "kernel.json"), "w") as f:
+                    json.dump(spec, f)
+            _spec_manager = KernelSpecManager(kernel_dirs=[spec_root])
         return _spec_manager
 
 
@@ -98,13 +116,13 @@ class KernelDied(Exception):
 
 
 class _Kernel:
-    """One running ipykernel and the synchronous sockets connected to it."""
+    """One running Jupyter kernel and the synchronous sockets connected to it."""
 
-    def __init__(self, cwd):
+    def __init__(self, cwd, spec_name=SPEC_NAME):
         self.dir = os.path.join(kernel_root(), uuid.uuid4().hex[:12])
         os.makedirs(self.dir, mode=0o700)
         self.km = KernelManager(
-            kernel_name=SPEC_NAME,
+            kernel_name=spec_name,
             kernel_spec_manager=_kernel_spec_manager(),
             transport="ipc",
             ip=os.path.join(self.dir, "k"),
@@ -284,10 +302,65 @@ def _reseed_code(seed):
     )
 
 
-class PythonRuntime:
-    """A Python context's interpreter: one ipykernel at a time (a restart starts a new one)."""
+def _r_str(value):
+    """An R string literal for `value`: ASCII only (the sandbox's locale may be C), with
+    everything else as \\u{...} escapes."""
+    out = []
+    for ch in str(value):
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif " " <= ch <= "~":
+            out.append(ch)
+        else:
+            out.append("\\u{%x}" % ord(ch))
+    return '"' + "".join(out) + '"'
 
-    language = "python"
+
+def _r_vector(values):
+    return "c(%s)" % ", ".join(_r_str(v) for v in values)
+
+
+def _r_env_code(set_vars, unset, save_key=None):
+    """R source that applies env changes, optionally saving the old values in options()."""
+    set_vars, unset = dict(set_vars or {}), list(unset or [])
+    lines = []
+    if save_key:
+        keys = list(set_vars) + unset
+        lines.append("options(%s = Sys.getenv(%s, unset = NA, names = TRUE))"
+                     % (_r_str(save_key), _r_vector(keys)))
+    if unset:
+        lines.append("Sys.unsetenv(%s)" % _r_vector(unset))
+    if set_vars:
+        lines.append("do.call(Sys.setenv, as.list(setNames(%s, %s)))"
+                     % (_r_vector(set_vars.values()), _r_vector(set_vars)))
+    return "invisible(local({\n%s\n}))\n" % "\n".join(lines)
+
+
+def _r_restore_code(save_key):
+    return (
+        "invisible(local({\n"
+        "  saved <- getOption(%(k)s)\n"
+        "  for (name in names(saved)) {\n"
+        "    if (is.na(saved[[name]])) Sys.unsetenv(name)\n"
+        "    else do.call(Sys.setenv, setNames(list(saved[[name]]), name))\n"
+        "  }\n"
+        "  options(%(k)s = NULL)\n"
+        "}))\n" % {"k": _r_str(save_key)}
+    )
+
+
+def _r_reseed_code(seed):
+    return "set.seed(%dL)\n" % (int.from_bytes(seed[:4], "little") & 0x7FFFFFFF)
+
+
+class KernelRuntime:
+    """A context's Jupyter kernel: one at a time (a restart starts a new one). Subclasses name
+    the kernel spec and say how to write env-var and reseeding code."""
+
+    language = "?"
+    display_name = "?"
+    spec_name = SPEC_NAME
+    warmup_code = None
 
     def __init__(self, cwd, warmup=False, ready_timeout=120.0):
         self.cwd = cwd
@@ -296,16 +369,31 @@ class PythonRuntime:
         self.kernel = None
         self.generation = 0  # bumped on every (re)start; env state is per generation
 
+    # -- language hooks -------------------------------------------------------------------------
+
+    def env_code(self, set_vars, unset, save_key=None):
+        raise NotImplementedError
+
+    def restore_code(self, save_key):
+        raise NotImplementedError
+
+    def reseed_code(self, seed):
+        raise NotImplementedError
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
     def start(self):
-        kernel = _Kernel(self.cwd)
+        kernel = _Kernel(self.cwd, self.spec_name)
         try:
             info = kernel.wait_ready(self.ready_timeout)
-            log.info("python kernel ready (Python %s, IPython %s) in %s",
+            log.info("%s kernel ready (%s %s, %s %s) in %s", self.language,
+                     info.get("language_info", {}).get("name", "?"),
                      info.get("language_info", {}).get("version", "?"),
+                     info.get("implementation", "?"),
                      info.get("implementation_version", "?"), self.cwd)
-            if self.warmup:
+            if self.warmup and self.warmup_code:
                 try:
-                    kernel.silent(WARMUP_CODE, timeout=self.ready_timeout)
+                    kernel.silent(self.warmup_code, timeout=self.ready_timeout)
                 except (RuntimeError, TimeoutError) as e:
                     log.warning("warm-up imports failed: %s", e)
         except BaseException:
@@ -336,11 +424,11 @@ class PythonRuntime:
 
     def apply_env(self, set_vars, unset):
         """Applies sandbox-wide env changes; raises on failure."""
-        self.kernel.silent(_env_code(set_vars, unset))
+        self.kernel.silent(self.env_code(set_vars, unset))
 
     def reseed(self, seed):
-        """Reseeds the kernel's `random` (and numpy's, if imported) from `seed` (bytes)."""
-        self.kernel.silent(_reseed_code(seed))
+        """Reseeds the kernel's random generators from `seed` (bytes)."""
+        self.kernel.silent(self.reseed_code(seed))
 
     def run(self, code, env_vars, control):
         """Executes one cell; yields protocol lines and `None` ticks."""
@@ -349,7 +437,7 @@ class PythonRuntime:
         if env_vars:
             save_key = "_firkin_saved_env_" + uuid.uuid4().hex[:8]
             try:
-                kernel.silent(_env_code(env_vars, (), save_key))
+                kernel.silent(self.env_code(env_vars, (), save_key))
             except KernelDied:
                 yield from self._died()
                 return
@@ -361,11 +449,28 @@ class PythonRuntime:
         finally:
             if save_key and self.kernel is kernel and not control.abort.is_set():
                 try:
-                    kernel.silent(_restore_code(save_key))
+                    kernel.silent(self.restore_code(save_key))
                 except Exception as e:
                     log.warning("could not restore env vars: %s", e)
 
     def _execute(self, kernel, code, control):
+        # A cell sent just after an interrupted one failed can find ipykernel still aborting
+        # (stop_on_error): it replies "aborted" without running it. The cell never ran, so it is
+        # sent again, a few times at most.
+        for attempt in range(ABORT_RETRIES + 1):
+            state = {"ran": False, "reply": None}
+            yield from self._execute_once(kernel, code, control, state)
+            reply = state["reply"]
+            aborted = reply is not None and reply["content"].get("status") == "aborted"
+            if not aborted or state["ran"] or control.abort.is_set():
+                return
+            if attempt < ABORT_RETRIES:
+                log.info("%s kernel aborted the cell unrun (after an error); sending it again",
+                         self.language)
+                time.sleep(0.05 * (attempt + 1))
+        yield mime.error_line("ExecutionAborted", "the kernel aborted the execution", "")
+
+    def _execute_once(self, kernel, code, control, state):
         kernel.drain_iopub()  # stray output published between executions
         try:
             msg_id = kernel.send("execute_request", {
@@ -396,32 +501,73 @@ class PythonRuntime:
                 continue
             kind, content = msg["msg_type"], msg["content"]
             if kind == "execute_input":
+                state["ran"] = True
                 yield mime.count_line(content.get("execution_count") or 0)
             elif kind == "stream":
+                state["ran"] = True
                 yield mime.stream_line(content.get("name"), content.get("text", ""))
             elif kind == "execute_result":
+                state["ran"] = True
                 yield mime.result_line(content.get("data"), True)
             elif kind in ("display_data", "update_display_data"):
+                state["ran"] = True
                 yield mime.result_line(content.get("data"), False)
             elif kind == "error":
+                state["ran"] = True
                 yield mime.error_line(content.get("ename"), content.get("evalue"),
                                       content.get("traceback") or [])
             elif kind == "status" and content.get("execution_state") == "idle":
                 break
         try:
-            kernel.wait_reply(msg_id, 5.0)
+            state["reply"] = kernel.wait_reply(msg_id, 5.0)
         except KernelDied:
             pass
 
     def _died(self):
-        log.error("python kernel died during an execution; restarting it")
+        log.error("%s kernel died during an execution; restarting it", self.language)
         yield mime.error_line(
             "UnexpectedEndOfExecution",
-            "the Python kernel died during the execution and was restarted; its state is lost",
+            "the %s kernel died during the execution and was restarted; its state is lost"
+            % self.display_name,
             "",
         )
         try:
             self.restart()
         except Exception as e:
-            log.error("python kernel restart failed: %s", e)
+            log.error("%s kernel restart failed: %s", self.language, e)
             self.kernel = None
+
+
+class PythonRuntime(KernelRuntime):
+    """A Python context: an ipykernel (warmed up with numpy, pandas and matplotlib when it is
+    the default context)."""
+
+    language = "python"
+    display_name = "Python"
+    warmup_code = WARMUP_CODE
+
+    def env_code(self, set_vars, unset, save_key=None):
+        return _env_code(set_vars, unset, save_key)
+
+    def restore_code(self, save_key):
+        return _restore_code(save_key)
+
+    def reseed_code(self, seed):
+        return _reseed_code(seed)
+
+
+class RRuntime(KernelRuntime):
+    """An R context: IRkernel (Debian's r-cran-irkernel)."""
+
+    language = "r"
+    display_name = "R"
+    spec_name = R_SPEC_NAME
+
+    def env_code(self, set_vars, unset, save_key=None):
+        return _r_env_code(set_vars, unset, save_key)
+
+    def restore_code(self, save_key):
+        return _r_restore_code(save_key)
+
+    def reseed_code(self, seed):
+        return _r_reseed_code(seed)

@@ -6,7 +6,8 @@ process's readers can never leak into its successor), interrupts (SIGINT to the 
 restart-on-death rule. Subclasses say how to spawn, how to submit a cell and how to read events.
 
 `NodeRuntime` runs `repl.js` (next to this file) under `node`; the driver answers over a
-dedicated pipe with JSON lines (see the header of `repl.js`).
+dedicated pipe with JSON lines (see the header of `repl.js`). A TypeScript context is the same
+driver with `--typescript`: each cell is transpiled (types erased) before it runs.
 """
 
 import codecs
@@ -259,10 +260,16 @@ class ProcessRuntime:
 
 
 class NodeRuntime(ProcessRuntime):
-    """JavaScript: a persistent `node repl.js` process."""
+    """JavaScript (or TypeScript): a persistent `node repl.js` process."""
 
     language = "javascript"
     name = "node"
+
+    def __init__(self, cwd, typescript=False):
+        super().__init__(cwd)
+        self.typescript = typescript
+        if typescript:
+            self.language = "typescript"
 
     def _spawn(self, events):
         proto_r, proto_w = os.pipe()
@@ -270,7 +277,8 @@ class NodeRuntime(ProcessRuntime):
         node = os.environ.get("FIRKIN_NODE", "node")
         try:
             proc = subprocess.Popen(
-                [node, driver, str(proto_w)], cwd=self.cwd, stdin=subprocess.PIPE,
+                [node, driver, str(proto_w)] + (["--typescript"] if self.typescript else []),
+                cwd=self.cwd, stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(proto_w,),
                 start_new_session=True, env=_child_env())
         finally:
@@ -290,6 +298,8 @@ class NodeRuntime(ProcessRuntime):
             for msg in self._messages(event):
                 if msg.get("type") == "ready":
                     return
+                if msg.get("type") == "fatal":
+                    raise RuntimeError(msg.get("text") or "the node driver could not start")
             if event[0] == "text" and event[1] == "stderr":
                 log.warning("node: %s", event[2].rstrip())
 

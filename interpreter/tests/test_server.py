@@ -41,6 +41,7 @@ PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_NODE = shutil.which("node") is not None
 HAS_SCIENCE = _server_has("numpy", "pandas", "matplotlib")
 HAS_NUMPY = _server_has("numpy")
+HAS_CHARTS = _server_has("e2b_charts", "matplotlib")
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -171,11 +172,60 @@ def test_rich_results(server):
     assert any(l.get("markdown") == "**hi**" for l in lines)
 
 
+def test_dataframes_and_dicts_have_data_and_json(server):
+    if not HAS_SCIENCE:
+        pytest.skip("numpy/pandas/matplotlib missing")
+    lines = execute(server, "import pandas as pd, numpy as np\n"
+                            "pd.DataFrame({'n': [1, 2, np.nan], 'when': pd.to_datetime("
+                            "['2024-01-02', '2024-01-03', '2024-01-04']), 3: ['a', 'b', 'c']})")
+    (result,) = [l for l in lines if l["type"] == "result"]
+    assert result["data"] == {"n": [1.0, 2.0, None], "3": ["a", "b", "c"],
+                              "when": ["2024-01-02T00:00:00", "2024-01-03T00:00:00",
+                                       "2024-01-04T00:00:00"]}
+    assert "<table" in result["html"]
+    (result,) = [l for l in execute(server, "{'k': np.int64(3), 1: [np.float32(0.5)]}")
+                 if l["type"] == "result"]
+    assert result["json"] == {"k": 3, "1": [0.5]} and result["text"].startswith("{")
+    # No pandas/matplotlib import is paid for by outputs that cannot be theirs.
+    lines = execute(server, "import sys; [m for m in ('pandas', 'matplotlib') "
+                            "if m in sys.modules and m not in globals()]",
+                    context_id=_fresh_context(server))
+    assert main_text(lines) == "[]"
+
+
+def _fresh_context(server):
+    r = httpx.post(server["url"] + "/contexts", json={}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["id"]
+
+
+@pytest.mark.skipif(not HAS_CHARTS, reason="e2b_charts (or matplotlib) is not importable")
+def test_figures_have_charts(server):
+    code = ("import matplotlib.pyplot as plt\n"
+            "fig, ax = plt.subplots()\nax.bar(['a', 'b'], [3, 5])\nax.set_title('Bars')\n"
+            "plt.show()")
+    results = [l for l in execute(server, code) if l["type"] == "result"]
+    (chart,) = [r["chart"] for r in results if "chart" in r]
+    assert chart["type"] == "bar" and chart["title"] == "Bars"
+    assert [(e["label"], e["value"]) for e in chart["elements"]] == [("a", 3), ("b", 5)]
+    assert any("png" in r for r in results)
+    blank = [l for l in execute(server, "plt.figure(); plt.show()") if l["type"] == "result"]
+    assert all("chart" not in r for r in blank)
+
+
 def test_error(server):
     lines = execute(server, "1/0")
     (err,) = errors(lines)
     assert err["name"] == "ZeroDivisionError" and err["value"] == "division by zero"
     assert isinstance(err["traceback"], str) and "ZeroDivisionError" in err["traceback"]
+
+
+def test_cells_right_after_an_error_run(server):
+    # ipykernel aborts requests that reach it while it is still aborting after an error; the
+    # server sends such a cell again instead of returning nothing.
+    for i in range(15):
+        assert errors(execute(server, "raise ValueError(%d)" % i))[0]["value"] == str(i)
+        assert main_text(execute(server, "%d * 2" % i)) == str(i * 2)
 
 
 def test_stdout_is_streamed(server):
@@ -229,8 +279,9 @@ def test_routing_and_refusals(server):
     assert execute(server, "1", context_id="abc", language="python")[0] == 400
     status, text = execute(server, "1", context_id="nope")
     assert status == 404 and "nope" in text
-    status, text = execute(server, "1", language="ts")
-    assert status == 400 and "typescript" in text and "not supported" in text
+    status, text = execute(server, "1", language="java")
+    assert status == 400 and "'java'" in text and "not supported" in text
+    assert "typescript" in text and "r," in text  # the message lists what is supported
     execute(server, "routed = 'default'")
     assert main_text(execute(server, "routed", language=" Python ")) == "default"
     r = httpx.post(server["url"] + "/execute", content=b"{nope")
@@ -455,6 +506,64 @@ def test_javascript(server):
     assert ctx["language"] == "javascript"
     assert main_text(execute(server, "typeof q", context_id=ctx["id"])) == "undefined"
     httpx.delete(server["url"] + "/contexts/" + ctx["id"], timeout=30)
+
+
+@pytest.mark.skipif(not HAS_NODE, reason="node is not installed")
+def test_default_javascript_context_and_esm_imports(server):
+    listed = httpx.get(server["url"] + "/contexts").json()
+    assert {"python", "javascript"} <= {c["language"] for c in listed}
+    js = "javascript"
+    (server["tmp"] / "local.mjs").write_text("export const answer = 42;\nexport default 'dflt';\n")
+    lines = execute(server, "\n    import { readFileSync as rfs } from 'fs'\n"
+                            "    import * as nodePath from 'node:path'\n"
+                            "    import dflt, { answer } from './local.mjs'\n"
+                            "    import 'util'\n"
+                            "    console.log(typeof rfs, typeof nodePath.join, dflt, answer)\n",
+                    language=js)
+    assert not errors(lines) and stdout(lines) == "function function dflt 42\n"
+    # The bindings persist into later cells, and an import alone has no result.
+    assert main_text(execute(server, "[typeof rfs, answer]", language=js)) == "[ 'function', 42 ]"
+    lines = execute(server, "import { join } from 'path'", language=js)
+    assert not errors(lines) and main_text(lines) is None
+    (err,) = errors(execute(server, "import nothing from './missing.mjs'", language=js))
+    assert "missing.mjs" in err["value"]
+    # A declaration on the last line of an async cell has no value.
+    lines = execute(server, "const late = await Promise.resolve(3)", language=js)
+    assert main_text(lines) is None and main_text(execute(server, "late", language=js)) == "3"
+
+
+@pytest.mark.skipif(not HAS_NODE, reason="node is not installed")
+def test_typescript(server):
+    ts = "typescript"
+    lines = execute(server, "const message: string = 'Hello'; console.log(message)", language="ts")
+    if any("TypeScript is unavailable" in e["value"] for e in errors(lines)):
+        pytest.skip("the server's node has no 'typescript' package")
+    assert stdout(lines) == "Hello\n" and not errors(lines)
+    execute(server, "interface P { x: number }\nlet p: P = { x: 2 }\n"
+                    "import { basename } from 'path'", language=ts)
+    assert main_text(execute(server, "p.x + basename('/a/b.ts').length", language=ts)) == "6"
+    assert main_text(execute(server, "process.cwd()", language=ts)) == str(server["tmp"])
+    (err,) = errors(execute(server, "let broken: = 1", language=ts))
+    assert err["name"] == "SyntaxError" and "1:13" in err["value"] and "repl.js" not in err["traceback"]
+    assert main_text(execute(server, "typeof p", language="javascript")) == "undefined"
+
+
+def test_r(server):
+    lines = execute(server, 'print("Hello, World!")', language="r", timeout=60)
+    if lines[0] == 500 or any(e["name"] == "ContextError" for e in errors(lines)):
+        pytest.skip("R with IRkernel is not installed: %s" % (lines,))
+    assert stdout(lines) == '[1] "Hello, World!"\n'
+    execute(server, "kept <- 41", language="r")
+    (text,) = [l["text"] for l in execute(server, "kept + 1", language="r")
+               if l["type"] == "result"]
+    assert text == "[1] 42"
+    code = "Sys.getenv('FK_R', unset = 'unset')"
+    lines = execute(server, code, language="r", env_vars={"FK_R": 'quote " é'})
+    assert [l["text"] for l in lines if l["type"] == "result"] == ['[1] "quote \\" é"']
+    assert [l["text"] for l in execute(server, code, language="r")
+            if l["type"] == "result"] == ['[1] "unset"']
+    (err,) = errors(execute(server, "stop('bad thing')", language="r"))
+    assert "bad thing" in err["value"]
 
 
 def test_bash(server):

@@ -104,7 +104,7 @@ def test_javascript_and_bash_are_real_persistent_processes(ci):
 
 def test_unsupported_language_is_an_explicit_error(ci):
     with pytest.raises(Exception) as e:
-        ci.run_code("1", language="r")
+        ci.run_code("1", language="java")
     assert "not supported" in str(e.value)
 
 

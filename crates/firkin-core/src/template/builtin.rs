@@ -1,6 +1,7 @@
 //! The built-in templates, as ordinary build specs: `base` (the base rootfs, nothing added) and
 //! `code-interpreter-v1` (the interpreter rootfs with firkin's code-interpreter service started
-//! and its default Python kernel warm, so a restored sandbox answers `run_code` at once).
+//! as root, its default Python kernel warm and its default JavaScript context running, so a
+//! restored sandbox answers `run_code` at once).
 
 use base64::Engine as _;
 
@@ -51,7 +52,9 @@ fn interpreter_spec() -> TemplateSpec {
             cmd: format!(
                 "cd /home/user && PYTHONPATH={INTERPRETER_DIR} exec python3 -m firkin_interpreter --port {INTERPRETER_PORT}"
             ),
-            user: StepUser::User,
+            // As root, as E2B's Jupyter server runs its kernels: code may use any cwd (`/root`
+            // included) and HOME is /root; the default cwd stays /home/user.
+            user: StepUser::Root,
         }),
         ready: Some(ReadyCheck::Http { port: INTERPRETER_PORT, path: "/health".into() }),
         ready_timeout_secs: Some(180),

@@ -21,8 +21,9 @@ pub use spec::{ReadyCheck, StartCommand, Step, StepUser, TemplateSpec, TemplateS
 
 /// Name of the default base rootfs directory under `cache/rootfs/`.
 pub const BASE_ROOTFS: &str = "base-v1";
-/// The base rootfs plus the code-interpreter stack (ipykernel, numpy, pandas, matplotlib, node).
-pub const INTERPRETER_ROOTFS: &str = "code-interpreter-v1";
+/// The base rootfs plus the code-interpreter stack (ipykernel, numpy, pandas, matplotlib, node,
+/// TypeScript, R with IRkernel, e2b-charts); bumped with `INTERPRETER_NAME` in scripts/setup.sh.
+pub const INTERPRETER_ROOTFS: &str = "code-interpreter-v2";
 /// File inside a rootfs written last by `scripts/setup.sh`: its digest identifies the build.
 pub const ROOTFS_MANIFEST: &str = ".firkin-rootfs.json";
 
