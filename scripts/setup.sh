@@ -144,7 +144,7 @@ build_rootfs() {
   local lean_hook=()
   if [ -n "$LEAN_PACKAGES" ]; then
     # While the chroot still has its apt lists and the host's resolv.conf.
-    lean_hook=(--customize-hook="chroot \"\$1\" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $LEAN_PACKAGES")
+    lean_hook=(--customize-hook="chroot \"\$1\" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $LEAN_PACKAGES >/dev/null")
   fi
   # shellcheck disable=SC2016 # the hooks are expanded by mmdebstrap's shell, not ours
   mmdebstrap --quiet --variant=minbase --include="$ROOTFS_PACKAGES" \
