@@ -143,3 +143,23 @@ def test_a_server_with_egress_off_lets_nothing_out():
         for family, name in tables(owner):
             subprocess.run(["nft", "delete", "table", family, name], check=False)
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_second_server_on_a_subnet_in_use_refuses_to_start():
+    # Two servers on one --subnet-base would take each other's sandbox traffic (DNS redirects,
+    # fences); the second one refuses to start and says what to do.
+    from conftest import FIRKIN
+
+    top = tempfile.mkdtemp(prefix="firkin-netdup-")
+    try:
+        with own_server(os.path.join(top, "first"), "--subnet-base", "10.218.0.0", key="dup-key"):
+            env = dict(os.environ, FIRKIN_STATE_DIR=os.path.join(top, "second"), FIRKIN_EGRESS="off",
+                       FIRKIN_DNS="127.0.0.1:9", NO_COLOR="1", RUST_BACKTRACE="0")
+            second = subprocess.run([FIRKIN, "serve", "--listen", "127.0.0.1:0", "--api-key", "k",
+                                     "--warm-pool", "none", "--prepare-templates", "", "--subnet-base", "10.218.0.0"],
+                                    env=env, capture_output=True, text=True, timeout=60)
+            assert second.returncode != 0
+            assert "already serves sandboxes in 10.218.0.0/16" in second.stderr, second.stderr
+            assert "--subnet-base" in second.stderr
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

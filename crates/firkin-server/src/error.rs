@@ -93,6 +93,7 @@ impl From<RuntimeError> for ApiError {
             }
             RuntimeError::Engine { .. }
             | RuntimeError::Network { .. }
+            | RuntimeError::HostNetwork(_)
             | RuntimeError::NotReady { .. }
             | RuntimeError::Agent { .. }
             | RuntimeError::Admission(_)

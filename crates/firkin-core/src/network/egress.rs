@@ -173,6 +173,29 @@ impl Egress {
     }
 }
 
+/// Another firkin table (not `own`) that serves sandboxes in `subnet`, if any: a second server
+/// on the same `--subnet-base` (or one killed and never restarted, whose table is still there).
+pub fn other_table_on_subnet(own: &str, subnet: super::policy::Cidr) -> Option<String> {
+    let out = Command::new("nft").args(["-j", "list", "tables"]).stderr(Stdio::null()).output().ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let names: Vec<String> = json["nftables"]
+        .as_array()?
+        .iter()
+        .filter_map(|o| o.get("table"))
+        .filter(|t| t["family"] == "inet")
+        .filter_map(|t| t["name"].as_str())
+        .filter(|n| n.starts_with(firewall::TABLE_PREFIX) && *n != own)
+        .map(str::to_owned)
+        .collect();
+    names.into_iter().find(|name| {
+        Command::new("nft")
+            .args(["list", "table", "inet", name])
+            .stderr(Stdio::null())
+            .output()
+            .is_ok_and(|o| firewall::serves_subnet(&String::from_utf8_lossy(&o.stdout), subnet))
+    })
+}
+
 /// Runs one `nft -f -` transaction.
 fn nft(table: &str, op: &str, script: &str) -> Result<(), NetworkError> {
     use std::io::Write;

@@ -238,6 +238,13 @@ fn join(cidrs: &[Cidr]) -> String {
     cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
+/// Whether a listed table (`nft list table` text) serves sandboxes in `subnet`: its DNS
+/// redirect names the subnet. Two instances on one subnet would take each other's traffic.
+pub fn serves_subnet(table_text: &str, subnet: Cidr) -> bool {
+    let needle = format!("ip saddr {subnet} ");
+    table_text.lines().any(|l| l.contains(&needle) && l.contains("redirect to"))
+}
+
 /// Deletes the table if it exists.
 pub fn delete_table(table: &str) -> String {
     format!("table inet {table} {{}}\ndelete table inet {table}\n")
@@ -299,6 +306,15 @@ mod tests {
             sandbox_policy("firkin-abc123", ip, &EgressPolicy::default()),
             remove_sandbox("firkin-abc123", ip)
         );
+    }
+
+    #[test]
+    fn a_table_is_known_by_the_subnet_it_serves() {
+        let listed = "table inet firkin-abc123 {\n\tchain dns {\n\t\tiifname \"fh*\" ip saddr 10.211.0.0/16 \
+                      meta l4proto { tcp, udp } th dport 53 redirect to :40053\n\t}\n}\n";
+        assert!(serves_subnet(listed, "10.211.0.0/16".parse().unwrap()));
+        assert!(!serves_subnet(listed, "10.21.0.0/16".parse().unwrap()));
+        assert!(!serves_subnet(listed, "10.212.0.0/16".parse().unwrap()));
     }
 
     #[test]

@@ -199,6 +199,14 @@ impl Network for NetnsNetwork {
 
     fn start(&self) -> Result<(), NetworkError> {
         let start = |e: String| NetworkError::Start(e);
+        let subnet = self.egress.config().subnet;
+        if let Some(other) = super::egress::other_table_on_subnet(&self.table_name(), subnet) {
+            return Err(start(format!(
+                "nftables table {other} of another firkin server already serves sandboxes in {subnet}: \
+                 give this server another --subnet-base (or, if that server is gone for good, \
+                 `nft delete table inet {other}`)"
+            )));
+        }
         let upstreams = self.upstreams();
         if upstreams.is_empty() {
             tracing::warn!(

@@ -60,11 +60,7 @@ impl Runtime {
                 source,
             })?;
         }
-        self.inner.network.start().map_err(|source| RuntimeError::Network {
-            op: Operation::Start,
-            id: "-".into(),
-            source,
-        })
+        self.inner.network.start().map_err(RuntimeError::HostNetwork)
     }
 
     /// Bytes through each running sandbox's interface (server-internal ones excluded).

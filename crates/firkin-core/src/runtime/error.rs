@@ -35,6 +35,9 @@ pub enum RuntimeError {
     Engine { op: Operation, id: String, source: EngineError },
     #[error("{op} of sandbox {id} failed: {source}")]
     Network { op: Operation, id: String, source: NetworkError },
+    /// The host side of the sandbox network (firewall, DNS forwarder) could not be set up.
+    #[error("the host side of the sandbox network")]
+    HostNetwork(#[source] NetworkError),
     #[error("sandbox {id} did not become ready: {source}")]
     NotReady { id: String, source: AgentError },
     #[error("sandbox {id}: {source}")]
