@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
     reason="no fake internet: FIRKIN_FAKENET is not set to a description from `tests/fakenet.py up`")
 
 CAP = 5
-SUBNET = "10.213.0.0"
+SUBNET = "10.220.0.0"  # each server of the suite has its own /16
 
 # Opens `n` TCP connections to host:80 and keeps them all open while it counts; prints how many
 # were established and how many were refused.

@@ -1,29 +1,15 @@
 //! Egress policies: what reaches the network seam on create, update, pause/resume, snapshot
 //! and fork.
 
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{agents, req};
-use crate::config::{Layout, RuntimeConfig};
+use super::{agents, req, runtime_and_network};
 use crate::engine::fake::FakeEngine;
-use crate::network::fake::FakeNetwork;
 use crate::network::EgressPolicy;
-use crate::runtime::{CreateSandbox, Runtime, RuntimeError};
+use crate::runtime::{CreateSandbox, RuntimeError};
 
 const TAG: u8 = 21;
-
-fn runtime() -> (Runtime, Arc<FakeNetwork>, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("firkin-rt-test-{}-{TAG}", std::process::id()));
-    let layout = Layout { state_dir: dir.join("state"), cache_dir: dir.join("cache") };
-    std::fs::create_dir_all(layout.rootfs_dir(crate::template::BASE_ROOTFS).join("bin")).unwrap();
-    let mut cfg = RuntimeConfig::new(layout, "/nonexistent/agent");
-    cfg.disk_floors = crate::config::DiskFloors { restore_mb: 0, snapshot_mb: 0, warm_mb: 0 };
-    cfg.ready_timeout = Duration::from_millis(300);
-    let net = Arc::new(FakeNetwork::at(Ipv4Addr::new(127, 201, TAG, 0)));
-    (Runtime::new(cfg, Arc::new(FakeEngine::default()), net.clone()), net, dir)
-}
 
 fn closed_but(allow: &str) -> EgressPolicy {
     EgressPolicy::from_e2b(Some(false), &[allow.to_owned()], &[]).unwrap()
@@ -31,7 +17,7 @@ fn closed_but(allow: &str) -> EgressPolicy {
 
 #[tokio::test]
 async fn policies_follow_the_sandbox_through_its_life() {
-    let (rt, net, dir) = runtime();
+    let (rt, net, dir) = runtime_and_network(TAG, Arc::new(FakeEngine::default()));
     agents(TAG, 12).await;
     let policy = closed_but("web.example.test");
     let rec = rt.create(CreateSandbox { egress: Some(policy.clone()), ..req() }).await.unwrap();

@@ -16,6 +16,12 @@ mod faults;
 mod warm;
 
 fn runtime(tag: u8, engine: Arc<FakeEngine>) -> (Runtime, std::path::PathBuf) {
+    let (rt, _, dir) = runtime_and_network(tag, engine);
+    (rt, dir)
+}
+
+/// Like [`runtime`], also handing out the fake network (to see what it was told).
+fn runtime_and_network(tag: u8, engine: Arc<FakeEngine>) -> (Runtime, Arc<FakeNetwork>, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("firkin-rt-test-{}-{tag}", std::process::id()));
     let layout = Layout { state_dir: dir.join("state"), cache_dir: dir.join("cache") };
     std::fs::create_dir_all(layout.rootfs_dir(crate::template::BASE_ROOTFS).join("bin")).unwrap();
@@ -23,7 +29,7 @@ fn runtime(tag: u8, engine: Arc<FakeEngine>) -> (Runtime, std::path::PathBuf) {
     cfg.disk_floors = crate::config::DiskFloors { restore_mb: 0, snapshot_mb: 0, warm_mb: 0 };
     cfg.ready_timeout = Duration::from_millis(300);
     let net = Arc::new(FakeNetwork::at(Ipv4Addr::new(127, 201, tag, 0)));
-    (Runtime::new(cfg, engine, net), dir)
+    (Runtime::new(cfg, engine, net.clone()), net, dir)
 }
 
 /// A new runtime (a restarted server) over the state `layout` an earlier one left.
