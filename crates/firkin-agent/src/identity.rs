@@ -163,7 +163,10 @@ fn with_admin<T>(f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
 
 /// A random version-4 UUID in the kernel's format (lower-case hex, 8-4-4-4-12).
 pub fn random_uuid() -> String {
-    let mut b: [u8; 16] = rand::random();
+    // From the OS, not a user-space generator: that one's state is in the checkpoint, so every
+    // copy restored from it would draw the same "random" id.
+    let mut b = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
     b[6] = (b[6] & 0x0f) | 0x40; // version 4
     b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
